@@ -1,0 +1,3 @@
+from bridge_common.migrate import main
+
+main()

@@ -1,0 +1,118 @@
+"""PostgreSQL access: psycopg 3 async pools and dedicated connections, with backoff.
+
+Pools are async context managers opened inside a service's lifespan; nothing connects at
+import time. `connect_with_backoff` is for long-lived single connections (LISTEN, the
+notifier's leader lock) that must survive a database restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from .logging import get_logger
+
+log = get_logger(__name__)
+
+
+class Backoff:
+    """Exponential backoff with full jitter, capped; `reset()` after a success."""
+
+    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap, self.base * (2**self.attempt))
+        self.attempt += 1
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not crypto
+
+    async def sleep(self) -> None:
+        await asyncio.sleep(self.next_delay())
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@asynccontextmanager
+async def open_pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    name: str = "bridge",
+    connect_timeout: float = 10.0,
+    dict_rows: bool = False,
+    wait: bool = False,
+) -> AsyncIterator[AsyncConnectionPool]:
+    """An async connection pool; connections are checked on borrow and replaced when broken.
+
+    `wait=False` lets a service start while the database is still down (its readiness
+    check reports it); `wait=True` fails fast instead.
+    """
+    kwargs: dict[str, Any] = {"autocommit": False}
+    if dict_rows:
+        kwargs["row_factory"] = dict_row
+    pool = AsyncConnectionPool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        name=name,
+        timeout=connect_timeout,
+        kwargs=kwargs,
+        check=AsyncConnectionPool.check_connection,
+        open=False,
+    )
+    await pool.open(wait=wait, timeout=connect_timeout)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def connect_with_backoff(
+    dsn: str,
+    *,
+    stop: asyncio.Event | None = None,
+    autocommit: bool = True,
+    what: str = "postgres",
+) -> psycopg.AsyncConnection[Any]:
+    """Connect, retrying with backoff until it works or `stop` is set (then CancelledError)."""
+    backoff = Backoff()
+    while True:
+        try:
+            return await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit)
+        except psycopg.OperationalError as exc:
+            delay = backoff.next_delay()
+            log.warning("db.connect_failed", what=what, error=str(exc).strip(), retry_in=delay)
+            if stop is None:
+                await asyncio.sleep(delay)
+            else:
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except TimeoutError:
+                    continue
+                raise asyncio.CancelledError("stopping") from None
+
+
+async def ping(dsn_or_pool: str | AsyncConnectionPool, within: float = 2.0) -> None:
+    """Raise unless the database answers `SELECT 1` within `within` seconds."""
+
+    async def _run() -> None:
+        if isinstance(dsn_or_pool, str):
+            conn = await psycopg.AsyncConnection.connect(dsn_or_pool, autocommit=True)
+            async with conn:
+                await conn.execute("SELECT 1")
+        else:
+            async with dsn_or_pool.connection() as conn:
+                await conn.execute("SELECT 1")
+
+    await asyncio.wait_for(_run(), within)

@@ -1,0 +1,212 @@
+"""Message shapes that cross Redis or reach clients, with one fast JSON path (msgspec).
+
+The event wire form is fixed by the contract:
+``{"type":"event","topic":T,"id":ID,"op":..,"key":..,"data":{..},"ts":..}``.
+The notifier does not know ``id`` until Redis assigns it, so an event travels as a
+*fragment* (everything after ``id``) that :func:`assemble_event` joins with the topic
+prefix and the stream id — the same bytes for live fan-out and for replay, encoded once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import msgspec
+
+Op = Literal["insert", "update", "delete"]
+Severity = Literal["debug", "info", "warning", "error", "critical"]
+
+_encoder = msgspec.json.Encoder()
+
+
+def dumps(obj: Any) -> bytes:
+    """Encode any msgspec-supported value to JSON bytes."""
+    return _encoder.encode(obj)
+
+
+def loads(data: bytes | str) -> Any:
+    """Decode JSON into plain Python values."""
+    return msgspec.json.decode(data)
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+class Event(msgspec.Struct, tag_field="type", tag="event", kw_only=True):
+    """One committed row change on a topic."""
+
+    topic: str
+    id: str
+    op: Op
+    key: str
+    data: dict[str, Any]
+    ts: str
+
+
+_event_decoder = msgspec.json.Decoder(Event)
+
+
+def decode_event(data: bytes | str) -> Event:
+    """Parse and validate an event from its wire form."""
+    return _event_decoder.decode(data)
+
+
+def event_prefix(topic: str) -> bytes:
+    """The bytes before the event id: ``{"type":"event","topic":"<topic>","id":"``."""
+    return b'{"type":"event","topic":' + _encoder.encode(topic) + b',"id":"'
+
+
+def event_fragment(op: str, key: str, data: Any, ts: str) -> bytes:
+    """The bytes after the event id, from Python values."""
+    return event_fragment_raw(op, key, _encoder.encode(data), ts)
+
+
+def event_fragment_raw(op: str, key: str, data_json: bytes | str, ts: str) -> bytes:
+    """The bytes after the event id, splicing already-encoded row JSON (no re-encode)."""
+    if isinstance(data_json, str):
+        data_json = data_json.encode()
+    return (
+        b'","op":'
+        + _encoder.encode(op)
+        + b',"key":'
+        + _encoder.encode(key)
+        + b',"data":'
+        + data_json
+        + b',"ts":'
+        + _encoder.encode(ts)
+        + b"}"
+    )
+
+
+def assemble_event(topic: str, event_id: str | bytes, fragment: bytes) -> bytes:
+    """Join prefix, id and fragment into the event's wire form."""
+    if isinstance(event_id, str):
+        event_id = event_id.encode()
+    return event_prefix(topic) + event_id + fragment
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+# -- gateway protocol (client → server) ---------------------------------------------------
+
+FilterValue = str | int | float | bool | None
+Filter = dict[str, FilterValue | list[FilterValue]]
+
+
+class Subscribe(msgspec.Struct, tag_field="type", tag="subscribe", forbid_unknown_fields=True):
+    topic: str
+    filter: Filter | None = None
+    since: str | None = None
+
+
+class Unsubscribe(msgspec.Struct, tag_field="type", tag="unsubscribe", forbid_unknown_fields=True):
+    topic: str
+
+
+class Ping(msgspec.Struct, tag_field="type", tag="ping", forbid_unknown_fields=True):
+    pass
+
+
+ClientMessage = Subscribe | Unsubscribe | Ping
+_client_decoder = msgspec.json.Decoder(ClientMessage)
+
+
+def decode_client_message(frame: bytes | str) -> ClientMessage:
+    """Parse one client frame; raises ``msgspec.DecodeError``/``ValidationError`` on junk."""
+    msg: ClientMessage = _client_decoder.decode(frame)
+    return msg
+
+
+# -- gateway protocol (server → client) ---------------------------------------------------
+
+ErrorCode = Literal[
+    "bad_request", "forbidden", "unknown_topic", "too_many_subscriptions", "history_lost"
+]
+
+
+class Subscribed(msgspec.Struct, tag_field="type", tag="subscribed"):
+    topic: str
+    recovered: bool
+
+
+class Pong(msgspec.Struct, tag_field="type", tag="pong"):
+    pass
+
+
+class ErrorMessage(msgspec.Struct, tag_field="type", tag="error", omit_defaults=True):
+    code: ErrorCode
+    message: str
+    topic: str | None = None
+
+
+ServerMessage = Event | Subscribed | Pong | ErrorMessage
+_server_decoder = msgspec.json.Decoder(ServerMessage)
+
+
+def decode_server_message(frame: bytes | str) -> ServerMessage:
+    msg: ServerMessage = _server_decoder.decode(frame)
+    return msg
+
+
+# -- service heartbeats, metrics snapshots, alerts ----------------------------------------
+
+
+class Heartbeat(msgspec.Struct, kw_only=True):
+    """Written by every service instance every `BRIDGE_HEARTBEAT_INTERVAL` seconds."""
+
+    service: str
+    instance: str
+    ts: float
+    started_at: float
+    interval: float
+    status: dict[str, Any] = msgspec.field(default_factory=dict)
+    version: str = "0.1.0"
+
+    def stale(self, now: float | None = None, misses: int = 3) -> bool:
+        """True when `misses` heartbeats in a row did not arrive."""
+        return ((now if now is not None else time.time()) - self.ts) > self.interval * misses
+
+
+_heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
+
+
+def decode_heartbeat(data: bytes | str) -> Heartbeat:
+    return _heartbeat_decoder.decode(data)
+
+
+class MetricsSnapshot(msgspec.Struct, kw_only=True):
+    """What the metrics API publishes every `BRIDGE_SNAPSHOT_INTERVAL`; the alerter reads it."""
+
+    ts: float
+    metrics: dict[str, float | None]
+    source: str = ""
+
+
+_snapshot_decoder = msgspec.json.Decoder(MetricsSnapshot)
+
+
+def decode_snapshot(data: bytes | str) -> MetricsSnapshot:
+    return _snapshot_decoder.decode(data)
+
+
+class AlertNotice(msgspec.Struct, kw_only=True):
+    """Webhook body of the contract; also the `data` of events on the `alerts` topic."""
+
+    rule: str
+    state: Literal["firing", "resolved"]
+    severity: str
+    value: float | None
+    threshold: float
+    summary: str
+    started_at: str
+    fingerprint: str
+
+
+_alert_decoder = msgspec.json.Decoder(AlertNotice)
+
+
+def decode_alert(data: bytes | str) -> AlertNotice:
+    return _alert_decoder.decode(data)

@@ -1,0 +1,229 @@
+"""The Redis bus: clients for standalone and Cluster, the atomic event publish, leases.
+
+`publish_events` is the only way events enter Redis. One Lua call per topic batch appends
+each event to the topic's stream (bounded, MAXLEN ~), fans it out on the live channel
+(SPUBLISH on a cluster) and records the outbox sequence in a dedupe set — atomically, so a
+reader never sees one without the other and a re-published outbox row is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from .channels import Channels
+from .events import event_prefix
+from .settings import BridgeSettings
+
+AnyRedis: TypeAlias = "Redis | RedisCluster"
+
+#: default bound of each topic's stream (entries, approximate)
+DEFAULT_STREAM_MAXLEN = 100_000
+#: outbox sequences remembered per topic for idempotent re-publish
+DEFAULT_DEDUPE_KEEP = 50_000
+
+
+def create_redis(
+    settings: BridgeSettings,
+    *,
+    decode_responses: bool = False,
+    socket_timeout: float | None = 10.0,
+    retries: int = 3,
+) -> AnyRedis:
+    """A client for `BRIDGE_REDIS_CLUSTER_NODES` when set, else for `BRIDGE_REDIS_URL`.
+
+    Commands retry with jittered exponential backoff on connection errors; callers that
+    must survive a long outage loop around their own work (see `Backoff`).
+    """
+    retry = Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), retries)
+    common: dict[str, Any] = {
+        "decode_responses": decode_responses,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": 5.0,
+        "retry": retry,
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "health_check_interval": 15,
+    }
+    nodes = settings.cluster_nodes
+    if nodes:
+        common.pop("retry_on_error")
+        common.pop("health_check_interval")
+        return RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in nodes],
+            **common,
+        )
+    return Redis.from_url(settings.redis_url, **common)
+
+
+def is_cluster(client: AnyRedis) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+# KEYS: stream, dedupe zset, live channel
+# ARGV: prefix, maxlen, use_spublish ("1"/"0"), dedupe_keep, then (seq, fragment) pairs.
+# seq "" means "no dedupe" (publishers other than the outbox relay).
+# Returns one entry per event: the new stream id, or false when the seq was seen before.
+_PUBLISH_LUA = """
+local prefix = ARGV[1]
+local maxlen = ARGV[2]
+local pub = ARGV[3] == '1' and 'SPUBLISH' or 'PUBLISH'
+local keep = tonumber(ARGV[4])
+local out = {}
+local added = false
+for i = 5, #ARGV, 2 do
+  local seq = ARGV[i]
+  local frag = ARGV[i + 1]
+  if seq ~= '' and redis.call('ZSCORE', KEYS[2], seq) then
+    out[#out + 1] = false
+  else
+    local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'seq', seq, 'f', frag)
+    if seq ~= '' then
+      redis.call('ZADD', KEYS[2], seq, seq)
+      added = true
+    end
+    redis.call(pub, KEYS[3], prefix .. id .. frag)
+    out[#out + 1] = id
+  end
+end
+if added then
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(keep + 1))
+end
+return out
+"""
+
+
+class EventPublisher:
+    """Atomic, idempotent append+fan-out of events to a topic (see module docstring)."""
+
+    def __init__(
+        self,
+        client: AnyRedis,
+        channels: Channels,
+        *,
+        maxlen: int = DEFAULT_STREAM_MAXLEN,
+        dedupe_keep: int = DEFAULT_DEDUPE_KEEP,
+    ) -> None:
+        self.client = client
+        self.channels = channels
+        self.maxlen = maxlen
+        self.dedupe_keep = dedupe_keep
+        self._sha: str | None = None
+        self._spublish = is_cluster(client)
+        self._known_topics: set[str] = set()
+
+    async def _load(self) -> str:
+        sha: str = await self.client.script_load(_PUBLISH_LUA)
+        if isinstance(sha, bytes):
+            sha = sha.decode()
+        self._sha = sha
+        return sha
+
+    async def publish(
+        self, topic: str, items: Sequence[tuple[int | None, bytes]]
+    ) -> list[str | None]:
+        """Publish `(outbox_seq or None, fragment)` pairs on `topic`, in order.
+
+        Returns each event's stream id, or None where the sequence was already published.
+        """
+        if not items:
+            return []
+        if topic not in self._known_topics:
+            await self.client.sadd(self.channels.topics, topic)
+            self._known_topics.add(topic)
+        keys = [self.channels.stream(topic), self.channels.dedupe(topic), self.channels.live(topic)]
+        argv: list[Any] = [
+            event_prefix(topic),
+            self.maxlen,
+            "1" if self._spublish else "0",
+            self.dedupe_keep,
+        ]
+        for seq, frag in items:
+            argv.append("" if seq is None else str(seq))
+            argv.append(frag)
+        sha = self._sha or await self._load()
+        try:
+            result = await self.client.evalsha(sha, len(keys), *keys, *argv)
+        except NoScriptError:
+            sha = await self._load()
+            result = await self.client.evalsha(sha, len(keys), *keys, *argv)
+        ids: list[str | None] = []
+        for r in result:
+            if r is None or r is False or r == 0:
+                ids.append(None)
+            else:
+                ids.append(r.decode() if isinstance(r, bytes) else str(r))
+        return ids
+
+
+# -- leases: one active instance among replicas ---------------------------------------
+
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RedisLease:
+    """A leader lease: `SET key owner NX PX ttl`, renewed by its owner, released on exit.
+
+    Whoever holds it is the single active instance of a role (alert evaluation, snapshot
+    publishing). A holder that stops renewing loses it after `ttl` seconds.
+    """
+
+    def __init__(self, client: AnyRedis, key: str, owner: str, ttl: float = 10.0) -> None:
+        self.client = client
+        self.key = key
+        self.owner = owner
+        self.ttl_ms = int(ttl * 1000)
+        self.held = False
+
+    async def acquire_or_renew(self) -> bool:
+        """Try once; returns whether this owner holds the lease now."""
+        if self.held:
+            renewed = await self.client.eval(_RENEW_LUA, 1, self.key, self.owner, self.ttl_ms)
+            self.held = bool(renewed)
+            if self.held:
+                return True
+        ok = await self.client.set(self.key, self.owner, nx=True, px=self.ttl_ms)
+        if not ok:
+            current = await self.client.get(self.key)
+            if isinstance(current, bytes):
+                current = current.decode()
+            ok = current == self.owner
+        self.held = bool(ok)
+        return self.held
+
+    async def release(self) -> None:
+        if self.held:
+            self.held = False
+            try:
+                await self.client.eval(_RELEASE_LUA, 1, self.key, self.owner)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                pass  # it expires on its own
+
+    async def holder(self) -> str | None:
+        v = await self.client.get(self.key)
+        return v.decode() if isinstance(v, bytes) else v
+
+
+async def ping(client: AnyRedis, within: float = 2.0) -> None:
+    """Raise unless Redis answers PING within `within` seconds."""
+    await asyncio.wait_for(client.ping(), within)

@@ -1,0 +1,170 @@
+"""Configuration shared by every service: the contract's environment variables, validated once.
+
+Each service subclasses :class:`BridgeSettings` (adding its own fields and port) and calls
+:func:`load_settings`, which turns any validation error into one readable line and exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Any, ClassVar, Literal, NoReturn, TypeVar
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SOURCE_DSN = "postgresql://localhost/bridge"
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+class BridgeSettings(BaseSettings):
+    """Settings every Bridge Lite process understands."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BRIDGE_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    #: service name used for logs, heartbeats and the `BRIDGE_<SERVICE>_PORT` variable
+    service_name: ClassVar[str] = "bridge"
+    default_port: ClassVar[int] = 0
+
+    source_dsn: str = Field(
+        default=DEFAULT_SOURCE_DSN,
+        validation_alias=AliasChoices("BRIDGE_SOURCE_DSN", "POSTGRES_DSN", "DATABASE_URL"),
+    )
+    target_dsn: str | None = Field(default=None, validation_alias="BRIDGE_TARGET_DSN")
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias="BRIDGE_REDIS_URL")
+    redis_cluster_nodes: str | None = Field(
+        default=None, validation_alias="BRIDGE_REDIS_CLUSTER_NODES"
+    )
+    namespace: str = Field(default="bridge", validation_alias="BRIDGE_NAMESPACE")
+    log_format: Literal["json", "console"] = Field(
+        default="json", validation_alias="BRIDGE_LOG_FORMAT"
+    )
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        default="info", validation_alias="BRIDGE_LOG_LEVEL"
+    )
+    snapshot_interval: float = Field(
+        default=10.0, gt=0, le=3600, validation_alias="BRIDGE_SNAPSHOT_INTERVAL"
+    )
+    heartbeat_interval: float = Field(
+        default=5.0, gt=0, le=300, validation_alias="BRIDGE_HEARTBEAT_INTERVAL"
+    )
+    host: str = Field(default="0.0.0.0", validation_alias="BRIDGE_HOST")  # noqa: S104
+    port: int = Field(default=0, ge=0, le=65535)
+    shutdown_timeout: float = Field(
+        default=10.0, gt=0, le=600, validation_alias="BRIDGE_SHUTDOWN_TIMEOUT"
+    )
+
+    @field_validator("source_dsn", "target_dsn")
+    @classmethod
+    def _check_dsn(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        if not v.startswith(("postgresql://", "postgres://")) and "=" not in v:
+            raise ValueError("must be a postgresql:// URL or a libpq key=value string")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return v
+
+    @field_validator("redis_cluster_nodes")
+    @classmethod
+    def _check_cluster_nodes(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        for node in v.split(","):
+            host, sep, port = node.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{node.strip()!r} is not host:port")
+        return v
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, v: str) -> str:
+        if not _NAMESPACE_RE.match(v):
+            raise ValueError("1-64 characters of letters, digits, '_', '.', '-'")
+        return v
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _service_port(cls, data: Any) -> Any:
+        """`BRIDGE_<SERVICE>_PORT` sets `port` unless `--port` already did."""
+        if isinstance(data, dict) and data.get("port") is None:
+            env_name = f"BRIDGE_{cls.service_name.upper().replace('-', '_')}_PORT"
+            raw = os.environ.get(env_name)
+            data = dict(data)
+            data["port"] = raw if raw is not None else cls.default_port
+        return data
+
+    @property
+    def effective_target_dsn(self) -> str:
+        """The time-series database; the source database when none is configured."""
+        return self.target_dsn or self.source_dsn
+
+    @property
+    def cluster_nodes(self) -> list[tuple[str, int]]:
+        if not self.redis_cluster_nodes:
+            return []
+        out = []
+        for node in self.redis_cluster_nodes.split(","):
+            host, _, port = node.strip().rpartition(":")
+            out.append((host, int(port)))
+        return out
+
+
+S = TypeVar("S", bound=BridgeSettings)
+
+
+def format_validation_error(exc: ValidationError, cls: type[BridgeSettings]) -> str:
+    """One readable line naming every bad variable by its environment name."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+        parts.append(f"{env_name(cls, loc)}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def env_name(cls: type[BridgeSettings], field: str) -> str:
+    """The environment variable(s) behind a settings field, for error messages."""
+    if field == "port":
+        return f"BRIDGE_{cls.service_name.upper().replace('-', '_')}_PORT (or --port)"
+    if field in ("source_dsn", "BRIDGE_SOURCE_DSN"):
+        return "BRIDGE_SOURCE_DSN (or POSTGRES_DSN / DATABASE_URL)"
+    info = cls.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, str):
+        return alias
+    if field.startswith("BRIDGE_"):
+        return field
+    return f"BRIDGE_{field.upper()}"
+
+
+def load_settings(cls: type[S], **overrides: Any) -> S:
+    """Build settings from the environment (and `.env`); exit 2 with one line on error."""
+    try:
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        fail_config(
+            f"{cls.service_name}: invalid configuration: {format_validation_error(exc, cls)}"
+        )
+
+
+def fail_config(message: str) -> NoReturn:
+    print(message, file=sys.stderr, flush=True)
+    raise SystemExit(2)

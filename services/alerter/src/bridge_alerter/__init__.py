@@ -1,0 +1,1 @@
+"""bridge_alerter: see services/alerter/README or docs/architecture.md."""

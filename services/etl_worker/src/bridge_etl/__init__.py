@@ -1,0 +1,1 @@
+"""bridge_etl: see services/etl_worker/README or docs/architecture.md."""

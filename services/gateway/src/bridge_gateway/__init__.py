@@ -1,0 +1,1 @@
+"""bridge_gateway: see services/gateway/README or docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""bridge_metrics_api: see services/metrics_api/README or docs/architecture.md."""

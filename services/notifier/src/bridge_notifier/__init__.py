@@ -1,0 +1,1 @@
+"""bridge_notifier: see services/notifier/README or docs/architecture.md."""
