@@ -1,0 +1,1 @@
+"""Bridge Lite on one machine (`just up`)."""
