@@ -1,0 +1,60 @@
+"""The metrics snapshot on Redis: how it is written (metrics API) and read (alerter).
+
+One snapshot is a :class:`~bridge_common.events.MetricsSnapshot` encoded as JSON. It is
+written three ways at once: appended to `Channels.snapshot_stream` (field ``snapshot``,
+bounded with ``MAXLEN ~``), published on `Channels.snapshot_channel`, and stored under
+`Channels.snapshot_latest`. Readers that only want "the current figures" GET the latest
+key; readers that must not miss a tick (the alerter's ``for:`` windows) read the stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .channels import Channels
+from .events import MetricsSnapshot, decode_snapshot, dumps
+from .redis import AnyRedis, is_cluster
+
+#: field of each stream entry holding the snapshot JSON
+SNAPSHOT_FIELD = "snapshot"
+#: default bound of the snapshot stream (a day of 10-second snapshots)
+DEFAULT_SNAPSHOT_MAXLEN = 8_640
+
+
+async def publish_snapshot(
+    client: AnyRedis,
+    channels: Channels,
+    snapshot: MetricsSnapshot,
+    *,
+    maxlen: int = DEFAULT_SNAPSHOT_MAXLEN,
+) -> bytes | str:
+    """Append to the stream, publish and store as latest; returns the stream entry id.
+
+    On standalone Redis the three writes are one MULTI/EXEC (a reader never sees the
+    latest key ahead of the stream). All three names share the namespace's hash tag, so on
+    a cluster they live on one shard; there they go out as one pipeline.
+    """
+    payload = dumps(snapshot)
+    pipe: Any = client.pipeline(transaction=not is_cluster(client))
+    pipe.xadd(channels.snapshot_stream, {SNAPSHOT_FIELD: payload}, maxlen=maxlen, approximate=True)
+    pipe.publish(channels.snapshot_channel, payload)
+    pipe.set(channels.snapshot_latest, payload)
+    results = await pipe.execute()
+    entry_id: bytes | str = results[0]
+    return entry_id
+
+
+def snapshot_from_entry(fields: dict[Any, Any]) -> MetricsSnapshot:
+    """Decode one stream entry's fields (bytes or str keys) into a snapshot."""
+    raw = fields.get(SNAPSHOT_FIELD)
+    if raw is None:
+        raw = fields.get(SNAPSHOT_FIELD.encode())
+    if raw is None:
+        raise ValueError("stream entry has no 'snapshot' field")
+    return decode_snapshot(raw)
+
+
+async def latest_snapshot(client: AnyRedis, channels: Channels) -> MetricsSnapshot | None:
+    """The most recently published snapshot, or None when none was published yet."""
+    raw = await client.get(channels.snapshot_latest)
+    return None if raw is None else decode_snapshot(raw)
