@@ -1,0 +1,88 @@
+"""Prometheus metrics of the relay, and the heartbeat status built from the same facts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class RelayMetrics:
+    """Every metric the notifier exports; one instance per process."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.published = Counter(
+            "bridge_notifier_events_published",
+            "Events appended to a topic stream and fanned out",
+            ["topic"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "bridge_notifier_duplicates_dropped",
+            "Outbox rows already in Redis (re-published after a crash), dropped by the script",
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "bridge_notifier_rows_rejected",
+            "Outbox rows that cannot become an event (invalid topic), logged and pruned",
+            registry=registry,
+        )
+        self.redis_errors = Counter(
+            "bridge_notifier_redis_errors",
+            "Publish attempts that failed because Redis did not answer",
+            registry=registry,
+        )
+        self.db_reconnects = Counter(
+            "bridge_notifier_db_reconnects",
+            "Times the outbox connection was lost and re-opened",
+            registry=registry,
+        )
+        self.backlog = Gauge(
+            "bridge_notifier_outbox_backlog",
+            "Committed outbox rows not yet published",
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "bridge_notifier_lag_seconds",
+            "Age of the oldest unpublished outbox row (now - its insert time)",
+            registry=registry,
+        )
+        self.leader = Gauge(
+            "bridge_notifier_leader",
+            "1 while this instance holds the leader lock and relays, else 0",
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            "bridge_notifier_batch_seconds",
+            "Time to read, publish and prune one outbox batch",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=registry,
+        )
+        self.published_total = 0
+        self.is_leader = False
+        self.last_backlog: int | None = None
+        self.last_lag: float | None = None
+
+    def set_leader(self, leader: bool) -> None:
+        self.is_leader = leader
+        self.leader.set(1 if leader else 0)
+
+    def set_stats(self, backlog: int, lag: float) -> None:
+        self.last_backlog = backlog
+        self.last_lag = lag
+        self.backlog.set(backlog)
+        self.lag.set(lag)
+
+    def count_published(self, topic: str, n: int) -> None:
+        if n:
+            self.published.labels(topic).inc(n)
+            self.published_total += n
+
+    def status(self) -> dict[str, Any]:
+        """Heartbeat facts; the metrics API reads exactly these keys."""
+        return {
+            "leader": self.is_leader,
+            "lag_seconds": None if self.last_lag is None else round(self.last_lag, 3),
+            "outbox_backlog": self.last_backlog,
+            "published_total": self.published_total,
+        }

@@ -1,0 +1,87 @@
+"""Reading and pruning `bridge.outbox` on the leader's connection.
+
+Strategy (argued in docs/architecture.md, "Notifier"): a single active relay reads the
+lowest `seq` rows that are visible — every visible row is committed — publishes them,
+then deletes exactly those rows. A row whose transaction commits late is simply not
+visible yet; it stays in the table and is read by a later round, so nothing is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+#: `ts` of an event: the commit time when PostgreSQL records it, else the insert time.
+_TS_COMMIT = "coalesce(pg_xact_commit_timestamp(xmin), created_at)"
+_TS_INSERT = "created_at"
+_ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    seq: int
+    topic: str
+    op: str
+    key: str
+    payload: str  # the row as JSON text, spliced into the event without re-encoding
+    ts: str  # ISO 8601, UTC
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    backlog: int
+    lag_seconds: float
+
+
+class Outbox:
+    """The outbox queries, bound to one autocommit connection."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+        self.commit_ts = False
+        self._select: sql.Composed | None = None
+
+    async def setup(self) -> None:
+        """Learn whether commit timestamps are tracked (`ts` = commit time then)."""
+        cur = await self.conn.execute("SELECT current_setting('track_commit_timestamp')::bool")
+        row = await cur.fetchone()
+        self.commit_ts = bool(row and row[0])
+        ts = _TS_COMMIT if self.commit_ts else _TS_INSERT
+        self._select = sql.SQL(
+            "SELECT seq, topic, op, key, payload::text, "
+            "to_char(({ts}) AT TIME ZONE 'UTC', {iso}) "
+            "FROM bridge.outbox ORDER BY seq LIMIT %s"
+        ).format(ts=sql.SQL(ts), iso=sql.SQL(_ISO))
+
+    async def fetch(self, limit: int) -> list[OutboxRow]:
+        """The `limit` lowest-seq committed rows, in seq order."""
+        assert self._select is not None, "setup() first"
+        cur = await self.conn.execute(self._select, (limit,))
+        return [OutboxRow(*r) for r in await cur.fetchall()]
+
+    async def delete(self, seqs: list[int]) -> int:
+        """Prune rows Redis already holds."""
+        if not seqs:
+            return 0
+        cur = await self.conn.execute(
+            b"DELETE FROM bridge.outbox WHERE seq = ANY(%s::bigint[])", (seqs,)
+        )
+        return cur.rowcount
+
+    async def stats(self) -> OutboxStats:
+        """Rows waiting, and the age of the oldest one (0 when empty)."""
+        cur = await self.conn.execute(
+            "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - "
+            "(SELECT created_at FROM bridge.outbox ORDER BY seq LIMIT 1)), 0)::float8 "
+            "FROM bridge.outbox"
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return OutboxStats(backlog=int(row[0]), lag_seconds=max(0.0, float(row[1])))
+
+    async def watched_topics(self) -> list[str]:
+        cur = await self.conn.execute("SELECT topic FROM bridge.watched_tables ORDER BY topic")
+        return [r[0] for r in await cur.fetchall()]
