@@ -1,0 +1,43 @@
+"""bridge_client: the async Python client of the Bridge Lite gateway.
+
+    async with BridgeClient("http://gateway:8080", token=token) as client:
+        async for event in client.subscribe("intents", filter={"status": "failed"}):
+            ...
+
+WebSocket first, Server-Sent Events when the upgrade is refused; reconnects with
+jittered exponential backoff and resumes from the last delivered id, so each event is
+seen exactly once; `HistoryLost` when the gateway can no longer resume.
+"""
+
+from bridge_common.events import Event
+
+from .backoff import Backoff, backoff_ceiling, backoff_delay
+from .client import BridgeClient, ClientOptions, Endpoints
+from .errors import (
+    BridgeClientError,
+    ClientClosed,
+    DuplicateSubscription,
+    HistoryLost,
+    SubscriptionRejected,
+    Unauthorized,
+)
+from .eventid import parse_event_id
+from .subscription import Subscription
+
+__all__ = [
+    "Backoff",
+    "BridgeClient",
+    "BridgeClientError",
+    "ClientClosed",
+    "ClientOptions",
+    "DuplicateSubscription",
+    "Endpoints",
+    "Event",
+    "HistoryLost",
+    "Subscription",
+    "SubscriptionRejected",
+    "Unauthorized",
+    "backoff_ceiling",
+    "backoff_delay",
+    "parse_event_id",
+]

@@ -1,0 +1,195 @@
+"""One topic subscription: a bounded queue the transports fill and the caller iterates.
+
+The subscription owns the resume point. Every event whose id is not greater than the last
+one handed to the queue is dropped, so replays after a reconnect never show the caller an
+event twice, and since each (re)subscribe asks the gateway for what came after that id,
+none is skipped either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from bridge_common.events import Event
+
+from .errors import BridgeClientError, ClientClosed
+from .eventid import EventKey, parse_event_id
+
+if TYPE_CHECKING:
+    from .client import BridgeClient
+
+FilterSpec = dict[str, Any]
+
+_WAKE = object()
+
+
+class Subscription:
+    """Async iterator of `bridge_common.events.Event` for one topic.
+
+    Use it as ``async for event in client.subscribe(...)`` or as an async context
+    manager that unsubscribes on exit. Raises `HistoryLost` (then keeps going),
+    `SubscriptionRejected` / `Unauthorized` (final), and stops when it or the client
+    is closed.
+    """
+
+    def __init__(
+        self,
+        client: BridgeClient,
+        topic: str,
+        filter: FilterSpec | None,
+        since: str | None,
+        *,
+        queue_size: int,
+        clock_skew: float,
+    ) -> None:
+        self.topic = topic
+        self.filter = dict(filter) if filter else None
+        self.since = since
+        #: id of the last event handed to the caller's queue
+        self.last_id: str | None = since
+        #: the last ``recovered`` flag the gateway sent
+        self.recovered: bool | None = None
+        self._client = client
+        self._last_key: EventKey | None = parse_event_id(since) if since else None
+        # Resume point when no event arrived before the first disconnect: stream ids are
+        # millisecond timestamps, so "what came after subscribe()" is an id too.
+        self._anchor = f"{max(0, int((time.time() - clock_skew) * 1000))}-0"
+        self._requested = False
+        #: the `since` of the latest subscribe request
+        self.sent_since: str | None = None
+        self._queue: asyncio.Queue[object] = asyncio.Queue(queue_size)
+        self._low_water = max(0, queue_size // 2)
+        self._live = asyncio.Event()
+        # replaced by a fresh event on every state change; waiters hold the old one
+        self._signal = asyncio.Event()
+        self._closed = False
+        self._failure: BridgeClientError | None = None
+        #: set when the queue overflowed: not re-subscribed until the caller drains it
+        self.held = False
+
+    # -- caller side -------------------------------------------------------------------
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self.held and self._queue.qsize() <= self._low_water:
+                self.held = False
+                self._client._changed()
+            if self._queue.empty() and self._failure is not None:
+                raise self._failure
+            item = await self._queue.get()
+            if item is _WAKE:
+                continue
+            if isinstance(item, BridgeClientError):
+                raise item
+            assert isinstance(item, Event)
+            return item
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def wait_live(self) -> None:
+        """Wait until the gateway confirmed the subscription (it is live from then on).
+
+        Bound it with ``asyncio.timeout``; raises the subscription's final error if any.
+        """
+        while not self._live.is_set():
+            if self._failure is not None:
+                raise self._failure
+            if self._closed:
+                raise ClientClosed(f"subscription to {self.topic} is closed")
+            await self._signal.wait()
+
+    @property
+    def live(self) -> bool:
+        return self._live.is_set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def close(self) -> None:
+        """Unsubscribe; the iterator stops."""
+        if not self._closed:
+            self._end()
+            self._client._forget(self)
+
+    # -- transport side ----------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        """Wanted on the wire now (not closed, not failed, not held for draining)."""
+        return not self._closed and self._failure is None and not self.held
+
+    def resume_from(self) -> str | None:
+        """The `since` of the next subscribe request."""
+        if self.last_id is not None:
+            return self.last_id
+        return self._anchor if self._requested else None
+
+    def _mark_requested(self) -> None:
+        self._requested = True
+
+    def is_new(self, event: Event) -> bool:
+        """False for an event already delivered (id not above the last one)."""
+        key = parse_event_id(event.id)
+        return self._last_key is None or key > self._last_key
+
+    def offer(self, item: Event | BridgeClientError) -> bool:
+        """Queue an event or an in-band error without waiting; False when the queue is full."""
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            return False
+        if isinstance(item, Event):
+            self._record(item)
+        return True
+
+    async def put(self, item: Event | BridgeClientError) -> None:
+        """Queue, waiting for room (backpressure for per-subscription transports)."""
+        await self._queue.put(item)
+        if isinstance(item, Event):
+            self._record(item)
+
+    def _record(self, event: Event) -> None:
+        self._last_key = parse_event_id(event.id)
+        self.last_id = event.id
+
+    def set_live(self, recovered: bool) -> None:
+        self.recovered = recovered
+        self._live.set()
+        self._notify()
+
+    def set_down(self) -> None:
+        self._live.clear()
+
+    def fail(self, error: BridgeClientError) -> None:
+        """End the subscription with an error, raised after the queued events."""
+        if self._failure is None and not self._closed:
+            self._failure = error
+            self._wake()
+
+    def _end(self) -> None:
+        self._closed = True
+        self._live.clear()
+        self._wake()
+
+    def _notify(self) -> None:
+        self._signal.set()
+        self._signal = asyncio.Event()
+
+    def _wake(self) -> None:
+        self._notify()
+        try:
+            self._queue.put_nowait(_WAKE)
+        except asyncio.QueueFull:
+            pass  # the consumer is not waiting on an empty queue then
