@@ -1,10 +1,49 @@
-"""Settings of the metrics_api service."""
+"""Settings of the metrics API: pools, the snapshot stream bound, the dashboard's gateway."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from bridge_common.settings import BridgeSettings
+from pydantic import Field, field_validator
 
 
 class Settings(BridgeSettings):
-    service_name = "metrics_api"
-    default_port = 8081
+    service_name: ClassVar[str] = "metrics_api"
+    default_port: ClassVar[int] = 8081
+
+    #: largest connection pool per database (source and target)
+    db_pool_size: int = Field(default=8, ge=1, le=100, validation_alias="BRIDGE_METRICS_DB_POOL")
+    #: a query slower than this is cancelled and the request answers 503
+    query_timeout: float = Field(
+        default=5.0, gt=0, le=120, validation_alias="BRIDGE_METRICS_QUERY_TIMEOUT"
+    )
+    #: bound of the snapshot stream (entries, approximate)
+    snapshot_maxlen: int = Field(
+        default=8640, ge=10, le=10_000_000, validation_alias="BRIDGE_SNAPSHOT_MAXLEN"
+    )
+    #: the gateway's public base URL (http[s]://host:port); the dashboard then also listens
+    #: to live events over its WebSocket. Unset: the dashboard polls this API only.
+    dashboard_gateway_url: str | None = Field(
+        default=None, validation_alias="BRIDGE_DASHBOARD_GATEWAY_URL"
+    )
+    #: token the dashboard page presents to the gateway (`?token=`), when the gateway
+    #: requires one: it is visible to whoever can open the dashboard, so give it only the
+    #: `audit_logs` and `alerts` topics.
+    dashboard_gateway_token: str | None = Field(
+        default=None, validation_alias="BRIDGE_DASHBOARD_GATEWAY_TOKEN"
+    )
+    #: how often the dashboard page polls this API (milliseconds)
+    dashboard_poll_ms: int = Field(
+        default=3000, ge=500, le=60_000, validation_alias="BRIDGE_DASHBOARD_POLL_MS"
+    )
+
+    @field_validator("dashboard_gateway_url")
+    @classmethod
+    def _check_gateway_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip().rstrip("/")
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v

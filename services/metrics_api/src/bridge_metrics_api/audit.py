@@ -1,0 +1,198 @@
+"""Audit figures from the target database: windows, timeline, corrections.
+
+Counts come from the per-minute aggregate `audit_logs_1m` (a rollup table on plain
+PostgreSQL, a real-time continuous aggregate on TimescaleDB — same columns), never from a
+scan of raw rows, so answers cost the same at 10 or 100 million rows. Only the list of the
+latest corrections reads `audit_logs_ts`, through its `(action, created_at DESC)` index and
+a LIMIT. Every statement is a constant; user values are bind parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from .params import ORIGIN, SEVERITIES, CorrectionsQuery, TimelineQuery
+
+CORRECTION_ACTION = "intent.corrected"
+ERROR_SEVERITIES = ("error", "critical")
+#: the overview's windows, name → length
+WINDOWS: dict[str, timedelta] = {
+    "5m": timedelta(minutes=5),
+    "1h": timedelta(hours=1),
+    "24h": timedelta(hours=24),
+}
+
+# A minute bucket belongs to the window "last N" when it starts after now − N: at 17:34:30
+# the 5-minute window holds the buckets 17:30 … 17:34.
+_WINDOWS_SQL = """
+SELECT severity,
+       coalesce(sum(events) FILTER (WHERE bucket > %(now)s - interval '5 minutes'), 0)::bigint,
+       coalesce(sum(events) FILTER (WHERE bucket > %(now)s - interval '1 hour'), 0)::bigint,
+       coalesce(sum(events), 0)::bigint,
+       coalesce(sum(events) FILTER (WHERE bucket > %(now)s - interval '1 hour'
+                                      AND action = 'intent.corrected'), 0)::bigint
+FROM audit_logs_1m
+WHERE bucket > %(now)s - interval '24 hours' AND bucket <= %(now)s
+GROUP BY severity
+"""
+
+# Four constant statements instead of one with "(param IS NULL OR …)": each keeps a plan
+# that uses the right index once psycopg prepares it.
+_TIMELINE_SELECT = """
+SELECT date_bin(%(width)s, bucket, %(origin)s) AS t, severity, sum(events)::bigint
+FROM audit_logs_1m
+WHERE bucket >= %(since)s AND bucket < %(until)s{extra}
+GROUP BY 1, 2
+ORDER BY 1
+"""
+_TIMELINE_SQL = {
+    (False, False): _TIMELINE_SELECT.format(extra=""),
+    (True, False): _TIMELINE_SELECT.format(extra=" AND action = %(action)s"),
+    (False, True): _TIMELINE_SELECT.format(extra=" AND severity = ANY(%(severities)s)"),
+    (True, True): _TIMELINE_SELECT.format(
+        extra=" AND action = %(action)s AND severity = ANY(%(severities)s)"
+    ),
+}
+
+_CORRECTIONS_PER_HOUR_SQL = """
+SELECT date_bin(interval '1 hour', bucket, %(origin)s) AS t, sum(events)::bigint
+FROM audit_logs_1m
+WHERE action = 'intent.corrected' AND bucket >= %(since)s AND bucket < %(until)s
+GROUP BY 1
+ORDER BY 1
+"""
+
+_LATEST_CORRECTIONS_SQL = """
+SELECT source_id, created_at, intent_id, actor, severity, details
+FROM audit_logs_ts
+WHERE action = 'intent.corrected' AND created_at >= %(since)s AND created_at < %(until)s
+ORDER BY created_at DESC, source_id DESC
+LIMIT %(limit)s
+"""
+
+
+def iso(t: datetime) -> str:
+    """UTC, second precision or finer, with a `Z`: what every time in our answers looks like."""
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class WindowCounts:
+    events: int = 0
+    errors: int = 0
+    by_severity: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SEVERITIES, 0))
+
+    @property
+    def error_rate(self) -> float:
+        """(error + critical) / all events; 0 when there were none."""
+        return self.errors / self.events if self.events else 0.0
+
+    def add(self, severity: str, n: int) -> None:
+        self.events += n
+        self.by_severity[severity] = self.by_severity.get(severity, 0) + n
+        if severity in ERROR_SEVERITIES:
+            self.errors += n
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "errors": self.errors,
+            "error_rate": round(self.error_rate, 6),
+            "by_severity": self.by_severity,
+        }
+
+
+@dataclass(slots=True)
+class AuditWindows:
+    windows: dict[str, WindowCounts]
+    corrections_1h: int
+
+
+async def windows(pool: AsyncConnectionPool, now: datetime) -> AuditWindows:
+    """Events by severity over the last 5 min / 1 h / 24 h, and corrections in the last hour."""
+    out = {name: WindowCounts() for name in WINDOWS}
+    corrections = 0
+    async with pool.connection() as conn:
+        cur = await conn.execute(_WINDOWS_SQL, {"now": now})
+        for severity, e5, e1h, e24, c1h in await cur.fetchall():
+            out["5m"].add(severity, int(e5))
+            out["1h"].add(severity, int(e1h))
+            out["24h"].add(severity, int(e24))
+            corrections += int(c1h)
+    return AuditWindows(windows=out, corrections_1h=corrections)
+
+
+async def timeline(pool: AsyncConnectionPool, q: TimelineQuery) -> dict[str, Any]:
+    """Events per bucket split by severity, every bucket present (zeros where none)."""
+    sql = _TIMELINE_SQL[(q.action is not None, q.severities is not None)]
+    args: dict[str, Any] = {
+        "width": q.width,
+        "origin": ORIGIN,
+        "since": q.since,
+        "until": q.until,
+        "action": q.action,
+        "severities": q.severities,
+    }
+    async with pool.connection() as conn:
+        cur = await conn.execute(sql, args)
+        rows = await cur.fetchall()
+    severities = list(q.severities or SEVERITIES)
+    points: dict[datetime, dict[str, int]] = {
+        t: dict.fromkeys(severities, 0) for t in q.bucket_starts()
+    }
+    totals = dict.fromkeys(severities, 0)
+    for t, severity, n in rows:
+        point = points.get(t)
+        if point is None or severity not in point:
+            continue  # a severity outside the known five: not charted
+        point[severity] += int(n)
+        totals[severity] += int(n)
+    return {
+        "bucket": q.bucket,
+        "since": iso(q.since),
+        "until": iso(q.until),
+        "action": q.action,
+        "severities": severities,
+        "points": [
+            {"t": iso(t), "total": sum(counts.values()), **counts} for t, counts in points.items()
+        ],
+        "totals": {**totals, "total": sum(totals.values())},
+    }
+
+
+async def corrections(pool: AsyncConnectionPool, q: CorrectionsQuery) -> dict[str, Any]:
+    """Corrections per hour (from the aggregate) and the latest ones (from the rows)."""
+    args = {"since": q.since, "until": q.until, "limit": q.limit, "origin": ORIGIN}
+    async with pool.connection() as conn:
+        cur = await conn.execute(_CORRECTIONS_PER_HOUR_SQL, args)
+        per_hour_rows = await cur.fetchall()
+        cur = await conn.execute(_LATEST_CORRECTIONS_SQL, args)
+        latest_rows = await cur.fetchall()
+    counts = {t: int(n) for t, n in per_hour_rows}
+    hours = []
+    t = ORIGIN + ((q.since - ORIGIN) // timedelta(hours=1)) * timedelta(hours=1)
+    while t < q.until:
+        hours.append({"t": iso(t), "count": counts.get(t, 0)})
+        t += timedelta(hours=1)
+    return {
+        "since": iso(q.since),
+        "until": iso(q.until),
+        "total": sum(counts.values()),
+        "per_hour": hours,
+        "limit": q.limit,
+        "latest": [
+            {
+                "source_id": source_id,
+                "created_at": iso(created_at),
+                "intent_id": str(intent_id) if intent_id is not None else None,
+                "actor": actor,
+                "severity": severity,
+                "details": details,
+            }
+            for source_id, created_at, intent_id, actor, severity, details in latest_rows
+        ],
+    }

@@ -1,0 +1,82 @@
+"""The dashboard page `/`: static HTML, CSS and JavaScript shipped in the package.
+
+No build step and no CDN: the page draws its own SVG chart and polls this API; when
+`BRIDGE_DASHBOARD_GATEWAY_URL` is set it also listens to `audit_logs` and `alerts` events
+on the gateway's WebSocket (`/ws`, the contract's protocol) and refreshes as they arrive.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from .settings import Settings
+
+STATIC = Path(__file__).parent / "static"
+_ASSETS = {
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
+
+
+@cache
+def _read(name: str) -> bytes:
+    return (STATIC / name).read_bytes()
+
+
+def _ws_origin(http_url: str) -> str:
+    return "ws" + http_url.removeprefix("http")
+
+
+class Dashboard:
+    def __init__(self, settings: Settings) -> None:
+        self.config = {
+            "gatewayUrl": settings.dashboard_gateway_url,
+            "gatewayToken": settings.dashboard_gateway_token,
+            "pollMs": settings.dashboard_poll_ms,
+            "namespace": settings.namespace,
+        }
+        connect = "'self'"
+        if settings.dashboard_gateway_url:
+            connect += " " + _ws_origin(settings.dashboard_gateway_url)
+        self.csp = (
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            f"connect-src {connect}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        )
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/", self.page),
+            Route("/static/{name}", self.asset),
+        ]
+
+    async def page(self, request: Request) -> Response:
+        # "</" cannot end the JSON's script element early once escaped
+        config = json.dumps(self.config).replace("</", "<\\/")
+        html = _read("index.html").decode().replace("__DASHBOARD_CONFIG__", config)
+        return HTMLResponse(
+            html,
+            headers={
+                "Content-Security-Policy": self.csp,
+                "Cache-Control": "no-cache",
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+            },
+        )
+
+    async def asset(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        media = _ASSETS.get(name)
+        if media is None:
+            return Response("not found", status_code=404, media_type="text/plain")
+        return Response(
+            _read(name),
+            media_type=media,
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )

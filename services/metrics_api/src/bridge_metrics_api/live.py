@@ -1,0 +1,178 @@
+"""Live figures from Redis: service heartbeats (up/down, connections, lag) and firing alerts.
+
+Every service instance writes its heartbeat into the hash `Channels.services`; an
+instance that missed three heartbeats is *down*. Gateway connections are summed over every
+gateway that is up; the notifier's lag and backlog come from the instance that holds the
+leader lease; ETL lag is the largest over the ETL workers that are up. Alert state is the
+alerter's hash `Channels.alert_state`. Entries that do not parse are skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import msgspec
+from bridge_common.channels import Channels
+from bridge_common.events import Heartbeat, decode_heartbeat, loads
+from bridge_common.logging import get_logger
+from bridge_common.redis import AnyRedis
+
+log = get_logger(__name__)
+
+#: heartbeats and alert states read per request at most (both hashes are small in practice)
+MAX_ENTRIES = 10_000
+ALERT_STATES = ("inactive", "pending", "firing", "resolved")
+
+
+def number(value: Any) -> float | None:
+    """A finite number from a heartbeat's status, or None (bools and junk are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+def _ts_iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    hb: Heartbeat
+    up: bool
+    age: float
+
+    def as_json(self) -> dict[str, Any]:
+        hb = self.hb
+        return {
+            "service": hb.service,
+            "instance": hb.instance,
+            "state": "up" if self.up else "down",
+            "up": self.up,
+            "last_heartbeat": _ts_iso(hb.ts),
+            "age_seconds": round(self.age, 3),
+            "interval_seconds": hb.interval,
+            "started_at": _ts_iso(hb.started_at),
+            "uptime_seconds": round(max(0.0, hb.ts - hb.started_at), 3),
+            "version": hb.version,
+            "status": hb.status,
+        }
+
+
+async def _hgetall(client: AnyRedis, key: str) -> dict[bytes, bytes]:
+    """HGETALL for small hashes; HSCAN in bounded steps once a hash is large."""
+    size = await client.hlen(key)
+    if size <= 1000:
+        raw: dict[Any, Any] = await client.hgetall(key)
+        return raw
+    out: dict[Any, Any] = {}
+    cursor = 0
+    while len(out) < MAX_ENTRIES:
+        cursor, chunk = await client.hscan(key, cursor, count=500)
+        out.update(cast(dict[Any, Any], chunk))
+        if cursor == 0:
+            break
+    return out
+
+
+async def instances(
+    client: AnyRedis, channels: Channels, now: float | None = None
+) -> list[Instance]:
+    """Every service instance with a heartbeat in Redis, sorted by service and instance."""
+    now = time.time() if now is None else now
+    out = []
+    for field, raw in (await _hgetall(client, channels.services)).items():
+        try:
+            hb = decode_heartbeat(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("heartbeat.unreadable", field=field.decode(errors="replace"))
+            continue
+        out.append(Instance(hb=hb, up=not hb.stale(now), age=max(0.0, now - hb.ts)))
+    out.sort(key=lambda i: (i.hb.service, i.hb.instance))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class LiveFigures:
+    gateway_connections: int
+    gateway_instances: int
+    notifier_lag_seconds: float | None
+    notifier_outbox_backlog: float | None
+    notifier_leader: str | None
+    etl_lag_seconds: float | None
+    services_up: int
+    services_down: int
+
+
+def figures(found: list[Instance]) -> LiveFigures:
+    up = [i for i in found if i.up]
+    gateways = [i for i in up if i.hb.service == "gateway"]
+    connections = sum(int(number(i.hb.status.get("connections")) or 0) for i in gateways)
+    notifiers = [i for i in up if i.hb.service == "notifier"]
+    leaders = [i for i in notifiers if i.hb.status.get("leader") is True]
+    # the leader relays; standbys' figures are stale copies — fall back to the worst one
+    pick = leaders or notifiers
+    lag = _max(number(i.hb.status.get("lag_seconds")) for i in pick)
+    backlog = _max(number(i.hb.status.get("outbox_backlog")) for i in pick)
+    etl_lag = _max(
+        number(i.hb.status.get("lag_seconds")) for i in up if i.hb.service in ("etl", "etl_worker")
+    )
+    return LiveFigures(
+        gateway_connections=connections,
+        gateway_instances=len(gateways),
+        notifier_lag_seconds=lag,
+        notifier_outbox_backlog=backlog,
+        notifier_leader=leaders[0].hb.instance if leaders else None,
+        etl_lag_seconds=etl_lag,
+        services_up=len(up),
+        services_down=len(found) - len(up),
+    )
+
+
+def _max(values: Any) -> float | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+async def firing_alerts(client: AnyRedis, channels: Channels) -> list[dict[str, Any]]:
+    """Alerts in state `firing`, most severe and oldest first."""
+    out: list[dict[str, Any]] = []
+    for fingerprint, raw in (await _hgetall(client, channels.alert_state)).items():
+        try:
+            state = loads(raw)
+        except msgspec.DecodeError:
+            continue
+        if not isinstance(state, dict) or state.get("state") != "firing":
+            continue
+        rule = state.get("rule")
+        if not isinstance(rule, str):
+            continue
+        started = state.get("started_at")
+        started_num = number(started)
+        out.append(
+            {
+                "fingerprint": fingerprint.decode(errors="replace"),
+                "rule": rule,
+                "severity": str(state.get("severity") or "warning"),
+                "value": number(state.get("value")),
+                "threshold": number(state.get("threshold")),
+                "summary": str(state.get("summary") or ""),
+                "started_at": (
+                    _ts_iso(started_num)
+                    if started_num is not None
+                    else (started if isinstance(started, str) else None)
+                ),
+            }
+        )
+    rank = {"critical": 0, "error": 1, "warning": 2, "info": 3}
+    out.sort(key=lambda a: (rank.get(str(a["severity"]), 4), str(a["started_at"] or ""), a["rule"]))
+    return out

@@ -1,0 +1,254 @@
+"""The OpenAPI 3.1 description served at `/openapi.json`, built from `params` (one source).
+
+docs/api.md's "HTTP API (metrics)" section is generated from this document
+(`python -m bridge_metrics_api.apidoc --write`), and a test checks they agree.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from . import params
+
+_INT = {"type": "integer"}
+_NUM = {"type": "number"}
+_NULLABLE_NUM = {"type": ["number", "null"]}
+_TIME = {"type": "string", "format": "date-time"}
+_SEVERITY_PROPS: dict[str, Any] = {s: _INT for s in params.SEVERITIES}
+_SEVERITY_COUNTS = {"type": "object", "properties": _SEVERITY_PROPS}
+_WINDOW = {
+    "type": "object",
+    "properties": {
+        "events": _INT,
+        "errors": {**_INT, "description": "severity error or critical"},
+        "error_rate": {**_NUM, "description": "errors / events; 0 when there were no events"},
+        "by_severity": _SEVERITY_COUNTS,
+    },
+}
+_ALERT = {
+    "type": "object",
+    "properties": {
+        "fingerprint": {"type": "string"},
+        "rule": {"type": "string"},
+        "severity": {"type": "string"},
+        "value": _NULLABLE_NUM,
+        "threshold": _NULLABLE_NUM,
+        "summary": {"type": "string"},
+        "started_at": {"type": ["string", "null"]},
+    },
+}
+_INSTANCE = {
+    "type": "object",
+    "properties": {
+        "service": {"type": "string"},
+        "instance": {"type": "string"},
+        "state": {"type": "string", "enum": ["up", "down"]},
+        "up": {"type": "boolean"},
+        "last_heartbeat": _TIME,
+        "age_seconds": _NUM,
+        "interval_seconds": _NUM,
+        "started_at": _TIME,
+        "uptime_seconds": _NUM,
+        "version": {"type": "string"},
+        "status": {"type": "object", "description": "what the service reports (connections, lag…)"},
+    },
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Overview": {
+        "type": "object",
+        "description": "Each part is null when its source did not answer; `errors` says why.",
+        "properties": {
+            "ts": _TIME,
+            "intents": {
+                "type": ["object", "null"],
+                "properties": {
+                    "by_status": {"type": "object", "additionalProperties": _INT},
+                    "total": _INT,
+                    "failed_5m": {
+                        **_INT,
+                        "description": "status failed, updated in the last 5 min",
+                    },
+                },
+            },
+            "audit": {
+                "type": ["object", "null"],
+                "description": "windows 5m, 1h, 24h ending now",
+                "properties": {"5m": _WINDOW, "1h": _WINDOW, "24h": _WINDOW},
+            },
+            "corrections": {"type": ["object", "null"], "properties": {"count_1h": _INT}},
+            "gateway": {
+                "type": ["object", "null"],
+                "properties": {
+                    "connections": {**_INT, "description": "sum over every live gateway"},
+                    "instances": _INT,
+                },
+            },
+            "notifier": {
+                "type": ["object", "null"],
+                "properties": {
+                    "lag_seconds": _NULLABLE_NUM,
+                    "outbox_backlog": _NULLABLE_NUM,
+                    "leader": {"type": ["string", "null"]},
+                },
+            },
+            "etl": {"type": ["object", "null"], "properties": {"lag_seconds": _NULLABLE_NUM}},
+            "services": {"type": ["object", "null"], "properties": {"up": _INT, "down": _INT}},
+            "alerts": {
+                "type": ["object", "null"],
+                "properties": {"firing": {"type": "array", "items": _ALERT}, "count": _INT},
+            },
+            "errors": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    },
+    "Timeline": {
+        "type": "object",
+        "properties": {
+            "bucket": {"type": "string"},
+            "since": _TIME,
+            "until": _TIME,
+            "action": {"type": ["string", "null"]},
+            "severities": {"type": "array", "items": {"type": "string"}},
+            "points": {
+                "type": "array",
+                "description": "every bucket from the one holding `since` to `until`, zeros "
+                "included; one count per severity and `total`",
+                "items": {
+                    "type": "object",
+                    "properties": {"t": _TIME, "total": _INT, **_SEVERITY_PROPS},
+                },
+            },
+            "totals": {"type": "object", "additionalProperties": _INT},
+        },
+    },
+    "Corrections": {
+        "type": "object",
+        "properties": {
+            "since": _TIME,
+            "until": _TIME,
+            "total": _INT,
+            "limit": _INT,
+            "per_hour": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"t": _TIME, "count": _INT}},
+            },
+            "latest": {
+                "type": "array",
+                "description": "newest first",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "source_id": _INT,
+                        "created_at": _TIME,
+                        "intent_id": {"type": ["string", "null"]},
+                        "actor": {"type": "string"},
+                        "severity": {"type": "string"},
+                        "details": {"type": "object"},
+                    },
+                },
+            },
+        },
+    },
+    "Services": {
+        "type": "object",
+        "properties": {
+            "ts": _TIME,
+            "up": _INT,
+            "down": _INT,
+            "services": {"type": "array", "items": _INSTANCE},
+        },
+    },
+    "InvalidParameter": {
+        "type": "object",
+        "required": ["error", "parameter", "message"],
+        "properties": {
+            "error": {"type": "string", "const": "invalid_parameter"},
+            "parameter": {"type": "string", "description": "the query parameter at fault"},
+            "message": {"type": "string"},
+            "detail": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "Error": {
+        "type": "object",
+        "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+    },
+}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _get(
+    summary: str, description: str, schema: str, ps: tuple[params.Param, ...] = ()
+) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "description": description,
+            "parameters": [
+                {
+                    "name": p.name,
+                    "in": "query",
+                    "required": False,
+                    "description": p.description,
+                    "schema": p.schema,
+                }
+                for p in ps
+            ],
+            "responses": {
+                "200": _json("OK", schema),
+                "422": _json("A parameter is invalid, unknown or repeated", "InvalidParameter"),
+                "503": _json("A database did not answer in time", "Error"),
+            },
+        }
+    }
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Bridge Lite metrics API",
+            "version": "1.0.0",
+            "description": "What ops query and the live dashboard reads. All answers are "
+            "JSON; times are UTC ISO 8601 with `Z`. Bad parameters answer 422 with a body "
+            "naming the parameter.",
+        },
+        "paths": {
+            "/api/v1/dashboard/overview": _get(
+                "Overview",
+                "Intents by status; audit events and error rate over the last 5 min, 1 h "
+                "and 24 h (per-minute aggregate); corrections in the last hour; live gateway "
+                "connections summed over every gateway; notifier lag and outbox backlog; "
+                "ETL lag; services up/down; firing alerts.",
+                "Overview",
+            ),
+            "/api/v1/dashboard/timeline": _get(
+                "Audit events per bucket, by severity",
+                "Read from the per-minute aggregate `audit_logs_1m`. A minute counts when "
+                "its start lies in [since, until).",
+                "Timeline",
+                params.TIMELINE_PARAMS,
+            ),
+            "/api/v1/dashboard/corrections": _get(
+                "Corrections per hour and the latest ones",
+                "A correction is an audit log with action `intent.corrected`. Counts per "
+                "UTC hour come from the per-minute aggregate; the latest list from the rows.",
+                "Corrections",
+                params.CORRECTIONS_PARAMS,
+            ),
+            "/api/v1/services": _get(
+                "Service instances and their last heartbeat",
+                "Every instance with a heartbeat in Redis; one that missed 3 heartbeats is `down`.",
+                "Services",
+            ),
+        },
+        "components": {"schemas": SCHEMAS},
+    }
