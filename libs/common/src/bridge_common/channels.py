@@ -101,6 +101,17 @@ class Channels:
         """Hash silence id → silence JSON."""
         return self._global("alerter:silences")
 
+    @property
+    def alert_outbox(self) -> str:
+        """Hash `<notification id>:<channel>` → notification not yet delivered (replayed
+        by the leader after a restart)."""
+        return self._global("alerter:outbox")
+
+    @property
+    def alert_seq(self) -> str:
+        """Counter of notification ids (also the dedupe sequence on the `alerts` topic)."""
+        return self._global("alerter:seq")
+
     # -- ETL ----------------------------------------------------------------------------
     @property
     def etl_group(self) -> str:

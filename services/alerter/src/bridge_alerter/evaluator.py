@@ -1,0 +1,247 @@
+"""Evaluation: every metrics snapshot, through every rule, by the one leader.
+
+The leader reads `Channels.snapshot_stream` (not the pub/sub channel, so no snapshot is
+missed while it is busy), steps each rule's state machine with the snapshot's time, and
+commits each change with its notifications in one fenced write. A metric that is missing
+from a snapshot or `null` is "no data": the rule's `no_data` setting decides (`keep`, the
+default, leaves the alert as it is; `ok` treats it as not holding; `alerting` as holding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from bridge_common.channels import Channels
+from bridge_common.events import MetricsSnapshot
+from bridge_common.logging import get_logger
+from bridge_common.redis import AnyRedis
+from bridge_common.snapshots import snapshot_from_entry
+from redis.exceptions import RedisError
+
+from . import metrics
+from .delivery import Dispatcher
+from .leader import Leadership
+from .rules import RuleSet
+from .settings import Settings
+from .silences import SilenceStore
+from .state import AlertState, Step, step
+from .store import EVENTS_CHANNEL, AlertStore, Delivery
+
+log = get_logger("alerter.evaluator")
+
+#: snapshots read per XREAD call
+READ_BATCH = 100
+
+
+class NotLeader(Exception):
+    """The lease was lost between deciding and committing; the write did not happen."""
+
+
+class Evaluator:
+    def __init__(
+        self,
+        settings: Settings,
+        client: AnyRedis,
+        channels: Channels,
+        store: AlertStore,
+        silences: SilenceStore,
+        leadership: Leadership,
+        dispatcher: Dispatcher,
+        rules: Callable[[], RuleSet],
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.channels = channels
+        self.store = store
+        self.silences = silences
+        self.leadership = leadership
+        self.dispatcher = dispatcher
+        self.rules = rules
+        self.states: dict[str, AlertState] = {}
+        self._term = -1
+        self._ruleset: RuleSet | None = None
+        self._last_id: bytes | str = b"0-0"
+        self._last_ts = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if not self.leadership.is_leader:
+                await _wait(self.leadership.active, stop)
+                continue
+            try:
+                if self._term != self.leadership.term:
+                    await self._take_over()
+                await self._read_once()
+            except NotLeader:
+                log.warning("evaluator.lost_lease")
+            except (RedisError, OSError) as exc:
+                log.warning("evaluator.redis_error", error=str(exc))
+                await _sleep(stop, 1.0)
+
+    async def _take_over(self) -> None:
+        """Become the evaluator: load the shared state, start at the newest snapshot."""
+        self.states = await self.store.load_states()
+        self._term = self.leadership.term
+        self._ruleset = None
+        self._last_ts = 0.0
+        newest: Any = await self.client.xrevrange(self.channels.snapshot_stream, count=1)
+        self._last_id = newest[0][0] if newest else b"0-0"
+        log.info("evaluator.took_over", alerts=len(self.states), term=self._term)
+        await self._reconcile()
+        if newest:
+            await self.evaluate_entry(newest[0][1])
+        self._update_gauges()
+
+    async def _read_once(self) -> None:
+        resp: Any = await self.client.xread(
+            {self.channels.snapshot_stream: self._last_id}, count=READ_BATCH, block=1000
+        )
+        if self.rules() is not self._ruleset:
+            await self._reconcile()
+        for _stream, entries in resp or []:
+            for entry_id, fields in entries:
+                self._last_id = entry_id
+                await self.evaluate_entry(fields)
+        self._update_gauges()
+
+    async def evaluate_entry(self, fields: dict[Any, Any]) -> None:
+        try:
+            snapshot = snapshot_from_entry(fields)
+        except Exception as exc:  # noqa: BLE001 - a bad entry is skipped, never fatal
+            log.warning("snapshot.invalid", error=str(exc))
+            return
+        await self.evaluate(snapshot)
+
+    async def evaluate(self, snapshot: MetricsSnapshot) -> None:
+        if snapshot.ts <= self._last_ts:
+            return  # an old or replayed snapshot: its effects are already in the state
+        self._last_ts = snapshot.ts
+        metrics.EVALUATIONS.inc()
+        metrics.SNAPSHOT_AGE.set(max(0.0, time.time() - snapshot.ts))
+        ruleset = self.rules()
+        silenced = await self.silences.active()
+        now = snapshot.ts
+        for rule in ruleset.rules:
+            fp = rule.fingerprint
+            current = self.states.get(fp) or AlertState.new(rule)
+            silence = silenced.get(rule.name)
+            result = step(
+                rule,
+                current,
+                snapshot.metrics.get(rule.metric),
+                now,
+                grace=self.settings.resolve_grace,
+                silenced_by=silence.id if silence else None,
+            )
+            if result.changed:
+                await self._commit(result, rule.notify, now)
+
+    async def _commit(self, result: Step, notify: tuple[str, ...], now: float) -> None:
+        s = result.state
+        deliveries: list[Delivery] = []
+        if result.notify is not None or result.event is not None:
+            nid = await self.store.next_id()
+            if result.notify is not None:
+                notice = s.notice("resolved" if result.notify == "resolved" else "firing")
+                deliveries += [
+                    Delivery(
+                        id=nid, channel=c, kind=result.notify, created_at=time.time(), notice=notice
+                    )
+                    for c in notify
+                ]
+            if result.event is not None:
+                deliveries.append(
+                    Delivery(
+                        id=nid,
+                        channel=EVENTS_CHANNEL,
+                        kind=result.event,
+                        created_at=time.time(),
+                        notice=s.notice(result.event),
+                    )
+                )
+        if not await self.store.commit(s.fingerprint, s, deliveries):
+            raise NotLeader
+        previous = self.states.get(s.fingerprint)
+        self.states[s.fingerprint] = s
+        if previous is None or previous.state != s.state:
+            metrics.TRANSITIONS.labels(s.rule, s.state).inc()
+            log.info(
+                "alert.state",
+                rule=s.rule,
+                fingerprint=s.fingerprint,
+                state=s.state,
+                value=s.value,
+                threshold=s.threshold,
+                silenced_by=s.silenced_by,
+                notify=result.notify,
+            )
+        elif result.notify == "repeat":
+            log.info("alert.repeat", rule=s.rule, fingerprint=s.fingerprint, value=s.value)
+        self.dispatcher.submit(deliveries)
+
+    async def _reconcile(self) -> None:
+        """After a reload: forget alerts of rules that are gone (telling receivers if they
+        had been told it was firing)."""
+        ruleset = self.rules()
+        self._ruleset = ruleset
+        live = {r.fingerprint for r in ruleset.rules}
+        for fp, s in list(self.states.items()):
+            if fp in live:
+                continue
+            deliveries: list[Delivery] = []
+            if s.state == "firing":
+                nid = await self.store.next_id()
+                s.summary = f"{s.summary} (rule removed)"
+                notice = s.notice("resolved")
+                deliveries.append(
+                    Delivery(
+                        id=nid,
+                        channel=EVENTS_CHANNEL,
+                        kind="resolved",
+                        created_at=time.time(),
+                        notice=notice,
+                    )
+                )
+                if s.notified:
+                    deliveries += [
+                        Delivery(
+                            id=nid,
+                            channel=c,
+                            kind="resolved",
+                            created_at=time.time(),
+                            notice=notice,
+                        )
+                        for c in s.channels
+                        if c in ruleset.channels
+                    ]
+            if not await self.store.commit(fp, None, deliveries):
+                raise NotLeader
+            del self.states[fp]
+            log.info("alert.forgotten", rule=s.rule, fingerprint=fp, state=s.state)
+            self.dispatcher.submit(deliveries)
+
+    def _update_gauges(self) -> None:
+        counts = Counter(s.state for s in self.states.values())
+        for name in ("inactive", "pending", "firing", "resolved"):
+            metrics.ALERTS.labels(name).set(counts.get(name, 0))
+
+
+async def _wait(event: asyncio.Event, stop: asyncio.Event) -> None:
+    """Wait for `event` or `stop`, whichever comes first."""
+    waiters = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())}
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass

@@ -1,0 +1,115 @@
+"""Alert state and the notification outbox in Redis, written only by the lease holder.
+
+A state change and the notifications it causes are written in one Lua call that first
+checks the leader lease (all keys share the namespace's hash tag, so this also holds on a
+cluster). A replica that lost the lease therefore cannot write a stale state or queue a
+duplicate notification. A notification stays in `Channels.alert_outbox` until its channel
+acknowledged it, which is what makes delivery at-least-once across crashes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+from bridge_common.channels import Channels
+from bridge_common.events import AlertNotice, dumps, loads
+from bridge_common.redis import AnyRedis
+
+from .state import AlertState
+
+#: outbox channel name of the `alerts` topic (`#` cannot start a channel name in rules)
+EVENTS_CHANNEL = "#events"
+
+_COMMIT_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+else
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+end
+for i = 4, #ARGV, 2 do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+end
+return 1
+"""
+
+
+class Delivery(msgspec.Struct, kw_only=True):
+    """One notification for one channel (or for the `alerts` topic)."""
+
+    id: int
+    channel: str
+    kind: Literal["firing", "repeat", "resolved", "test"]
+    created_at: float
+    notice: AlertNotice
+
+    @property
+    def field(self) -> str:
+        return f"{self.id}:{self.channel}"
+
+
+_delivery_decoder = msgspec.json.Decoder(Delivery)
+
+
+class AlertStore:
+    """Reads and fenced writes of `alert_state` and `alert_outbox`."""
+
+    def __init__(self, client: AnyRedis, channels: Channels, owner: str) -> None:
+        self.client = client
+        self.channels = channels
+        self.owner = owner
+        self._commit = client.register_script(_COMMIT_LUA)
+
+    async def load_states(self) -> dict[str, AlertState]:
+        raw = await self.client.hgetall(self.channels.alert_state)
+        out: dict[str, AlertState] = {}
+        for fp, data in raw.items():
+            key = fp.decode() if isinstance(fp, bytes) else str(fp)
+            try:
+                out[key] = AlertState.from_json(loads(data))
+            except (msgspec.DecodeError, TypeError, ValueError):
+                continue  # written by an incompatible version; rebuilt on next evaluation
+        return out
+
+    async def next_id(self) -> int:
+        return int(await self.client.incr(self.channels.alert_seq))
+
+    async def commit(
+        self, fingerprint: str, state: AlertState | None, deliveries: list[Delivery]
+    ) -> bool:
+        """Write the state (None deletes it) and queue deliveries; False if not the leader."""
+        argv: list[Any] = [
+            self.owner,
+            fingerprint,
+            b"" if state is None else dumps(state.to_json()),
+        ]
+        for d in deliveries:
+            argv.extend((d.field, dumps(d)))
+        keys = [
+            self.channels.leader("alerter"),
+            self.channels.alert_state,
+            self.channels.alert_outbox,
+        ]
+        return bool(await self._commit(keys=keys, args=argv))
+
+    async def pending(self, limit: int = 10_000) -> list[Delivery]:
+        """Undelivered notifications, oldest first (at most `limit`)."""
+        out: list[Delivery] = []
+        async for _, raw in self.client.hscan_iter(self.channels.alert_outbox, count=500):
+            try:
+                out.append(_delivery_decoder.decode(raw))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if len(out) >= limit:
+                break
+        out.sort(key=lambda d: d.id)
+        return out
+
+    async def ack(self, delivery: Delivery) -> None:
+        await self.client.hdel(self.channels.alert_outbox, delivery.field)
+
+    async def outbox_size(self) -> int:
+        return int(await self.client.hlen(self.channels.alert_outbox))
