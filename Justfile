@@ -25,10 +25,19 @@ fmt:
 migrate *ARGS:
     uv run bridge-migrate {{ARGS}}
 
-# bring the whole suite up on this machine
-up:
-    @echo "just up: not yet — see issue 'Run it'"
+# bring the whole suite up on this machine, with demo traffic (Ctrl-C stops it all)
+up *ARGS:
+    uv sync --inexact --quiet
+    uv run bridge-up {{ARGS}}
+
+# write realistic demo traffic (intents, audit logs, errors, corrections) into the source DB
+demo *ARGS:
+    uv run bridge-demo {{ARGS}}
 
 # run the benchmarks and record results in docs/benchmarks.md
 bench *ARGS:
     uv run python -m bench {{ARGS}}
+
+# soak the whole suite under steady load (default 10m; e.g. `just soak 12h`), chart in docs/benchmarks.md
+soak DURATION="10m" *ARGS:
+    uv run python -m bench soak --duration={{DURATION}} {{ARGS}}
