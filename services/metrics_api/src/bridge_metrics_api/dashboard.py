@@ -54,6 +54,7 @@ class Dashboard:
         return [
             Route("/", self.page),
             Route("/static/{name}", self.asset),
+            Route("/favicon.ico", self.favicon),
         ]
 
     async def page(self, request: Request) -> Response:
@@ -69,6 +70,9 @@ class Dashboard:
                 "Referrer-Policy": "no-referrer",
             },
         )
+
+    async def favicon(self, request: Request) -> Response:
+        return Response(_read("favicon.svg"), media_type=_ASSETS["favicon.svg"])
 
     async def asset(self, request: Request) -> Response:
         name = request.path_params["name"]
