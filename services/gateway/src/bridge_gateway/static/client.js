@@ -1,0 +1,532 @@
+// Bridge Lite browser client: one dependency-free ES module, served by the gateway at /client.js.
+//
+//   import { BridgeClient } from "http://gateway:8080/client.js";
+//   const client = new BridgeClient("http://gateway:8080", { tokenProvider: async () => token });
+//   const sub = client.subscribe("intents", {
+//     filter: { status: ["failed", "corrected"] },
+//     onEvent: (event) => render(event),        // {type, topic, id, op, key, data, ts}
+//     onError: (err) => { if (err.code === "history_lost") reload(); },
+//   });
+//   ...; sub.close(); client.close();
+//
+// One WebSocket carries every subscription; when the browser cannot open one but the
+// gateway answers plain HTTP, each subscription gets an EventSource instead. Either way the
+// client reconnects with capped exponential backoff and full jitter, resumes every
+// subscription from the last event it delivered and drops anything at or below that id, so
+// onEvent sees each event once. `history_lost` (the gateway no longer holds the events to
+// resume from) reaches onError as a HistoryLost; the subscription then carries on live.
+
+export class BridgeClientError extends Error {
+  constructor(code, message, topic = null) {
+    super(topic ? `${topic}: ${code}: ${message}` : `${code}: ${message}`);
+    this.name = "BridgeClientError";
+    this.code = code;
+    this.topic = topic;
+  }
+}
+
+export class HistoryLost extends BridgeClientError {
+  constructor(topic, since, message = "") {
+    super("history_lost", message || `history after ${since} is no longer retained`, topic);
+    this.name = "HistoryLost";
+    this.since = since;
+  }
+}
+
+/** Upper bound of the delay (ms) before reconnect attempt `attempt` (0-based). */
+export function backoffCeiling(attempt, base, cap) {
+  return Math.min(cap, base * 2 ** Math.min(attempt, 62));
+}
+
+/** Full jitter: uniform in [0, backoffCeiling(attempt)]. */
+export function backoffDelay(attempt, base, cap, rand = Math.random) {
+  return rand() * backoffCeiling(attempt, base, cap);
+}
+
+/** "1764350000000-3" -> [1764350000000, 3]; ids order as integer pairs. */
+export function parseEventId(id) {
+  const m = /^(\d{1,20})(?:-(\d{1,20}))?$/.exec(String(id));
+  if (!m) throw new BridgeClientError("bad_request", `invalid event id ${id}`);
+  return [Number(m[1]), Number(m[2] || 0)];
+}
+
+function idAfter(a, b) {
+  return a[0] > b[0] || (a[0] === b[0] && a[1] > b[1]);
+}
+
+class Schedule {
+  constructor(policy) {
+    this.policy = policy;
+    this.attempt = 0;
+    this.upSince = null;
+  }
+  connected() {
+    this.upSince = Date.now();
+  }
+  disconnected() {
+    if (this.upSince !== null && Date.now() - this.upSince >= this.policy.healthyAfter) {
+      this.attempt = 0;
+    }
+    this.upSince = null;
+  }
+  next() {
+    return backoffDelay(this.attempt++, this.policy.base, this.policy.cap);
+  }
+}
+
+const AUTH_STATUSES = new Set([401, 403]);
+
+class Subscription {
+  constructor(client, topic, { filter = null, since = null, onEvent, onError, onLive } = {}) {
+    this.client = client;
+    this.topic = topic;
+    this.filter = filter;
+    this.since = since;
+    this.lastId = since;
+    this.recovered = null;
+    this.live = false;
+    this.closed = false;
+    this.failed = null;
+    this._lastKey = since ? parseEventId(since) : null;
+    this._anchor = `${Math.max(0, Date.now() - client.options.clockSkew)}-0`;
+    this._requested = false;
+    this._sentSince = null;
+    this._failedRequests = 0;
+    this._onEvent = onEvent || (() => {});
+    this._onError = onError || ((err) => console.warn("bridge client:", err));
+    this._onLive = onLive || (() => {});
+    this._source = null; // EventSource in SSE mode
+    this._sse = null; // its schedule
+    this._timer = null;
+  }
+
+  /** The `since` of the next subscribe request. */
+  resumeFrom() {
+    if (this.lastId !== null) return this.lastId;
+    return this._requested ? this._anchor : null;
+  }
+
+  get active() {
+    return !this.closed && this.failed === null;
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    this.live = false;
+    this.client._forget(this);
+  }
+
+  _deliver(event) {
+    let key;
+    try {
+      key = parseEventId(event.id);
+    } catch (err) {
+      return;
+    }
+    if (this._lastKey !== null && !idAfter(key, this._lastKey)) return; // already delivered
+    this._lastKey = key;
+    this.lastId = event.id;
+    try {
+      this._onEvent(event);
+    } catch (err) {
+      console.error("bridge client: onEvent threw", err);
+    }
+  }
+
+  _setLive(recovered) {
+    this._failedRequests = 0;
+    this.recovered = recovered;
+    this.live = true;
+    try {
+      this._onLive(recovered);
+    } catch (err) {
+      console.error("bridge client: onLive threw", err);
+    }
+  }
+
+  _report(err) {
+    try {
+      this._onError(err);
+    } catch (e) {
+      console.error("bridge client: onError threw", e);
+    }
+  }
+
+  _fail(err) {
+    if (!this.active) return;
+    this.failed = err;
+    this.live = false;
+    this.client._forget(this, { keepFailed: true });
+    this._report(err);
+  }
+}
+
+export class BridgeClient {
+  /**
+   * @param {string} [url] gateway base URL (http(s) or ws(s)); default: where this module came from
+   * @param {object} [opts] {token, tokenProvider, transport: "auto"|"websocket"|"sse",
+   *   backoff: {base, cap, healthyAfter} (ms), pingInterval (ms), maxAuthFailures, clockSkew (ms)}
+   */
+  constructor(url, opts = {}) {
+    const base = new URL(url || new URL(import.meta.url).origin);
+    const httpScheme = base.protocol === "wss:" || base.protocol === "https:" ? "https:" : "http:";
+    let path = base.pathname.replace(/\/+$/, "");
+    if (path.endsWith("/ws")) path = path.slice(0, -3);
+    this.httpBase = `${httpScheme}//${base.host}${path}`;
+    this.wsUrl = `${httpScheme === "https:" ? "wss:" : "ws:"}//${base.host}${path}/ws`;
+    this.options = {
+      transport: opts.transport || "auto",
+      backoff: { base: 500, cap: 30000, healthyAfter: 10000, ...(opts.backoff || {}) },
+      pingInterval: opts.pingInterval ?? 20000,
+      maxAuthFailures: opts.maxAuthFailures ?? 3,
+      maxSubscribeRetries: opts.maxSubscribeRetries ?? 5,
+      clockSkew: opts.clockSkew ?? 1000,
+    };
+    this._token = opts.token ?? null;
+    this._tokenProvider = opts.tokenProvider || null;
+    this._subs = new Map();
+    this._ws = null;
+    this._onWire = new Map();
+    this._schedule = new Schedule(this.options.backoff);
+    this._authFailures = 0;
+    this._wsRefused = 0;
+    this._timer = null;
+    this._pinger = null;
+    this._closed = false;
+    this.fatal = null;
+    /** "websocket" | "sse" | null */
+    this.transport = null;
+    this.connections = 0;
+    this.tokenRequests = 0;
+    if (this.options.transport === "sse") this.transport = "sse";
+  }
+
+  /** Subscribe; callbacks: onEvent(event), onError(err), onLive(recovered). */
+  subscribe(topic, opts = {}) {
+    if (this._closed) throw new BridgeClientError("closed", "client is closed");
+    if (this.fatal) throw this.fatal;
+    if (this._subs.has(topic)) {
+      throw new BridgeClientError("bad_request", "already subscribed; close that one first", topic);
+    }
+    const sub = new Subscription(this, topic, opts);
+    this._subs.set(topic, sub);
+    if (this.transport === "sse") this._openSse(sub);
+    else this._sync();
+    return sub;
+  }
+
+  get subscriptions() {
+    return [...this._subs.values()];
+  }
+
+  close() {
+    if (this._closed) return;
+    this._closed = true;
+    clearTimeout(this._timer);
+    clearInterval(this._pinger);
+    for (const sub of this._subs.values()) {
+      sub.closed = true;
+      sub.live = false;
+      this._stopSse(sub);
+    }
+    this._subs.clear();
+    if (this._ws) this._ws.close(1000, "client closed");
+    this._ws = null;
+  }
+
+  // -- shared ------------------------------------------------------------------------
+
+  async _getToken() {
+    if (!this._tokenProvider) return this._token;
+    this.tokenRequests += 1;
+    return await this._tokenProvider();
+  }
+
+  _forget(sub) {
+    if (this._subs.get(sub.topic) === sub) this._subs.delete(sub.topic);
+    this._stopSse(sub);
+    this._sync();
+  }
+
+  _failAll(err) {
+    this.fatal = err;
+    for (const sub of [...this._subs.values()]) sub._fail(err);
+  }
+
+  /** What a plain HTTP request to the SSE endpoint answers: a status, or 0 when unreachable. */
+  async _probe(topic, token) {
+    const u = new URL(`${this.httpBase}/events/${encodeURIComponent(topic)}`);
+    if (token) u.searchParams.set("token", token);
+    const ctl = new AbortController();
+    const timer = setTimeout(() => ctl.abort(), 10000);
+    try {
+      const r = await fetch(u, { headers: { Accept: "text/event-stream" }, signal: ctl.signal });
+      return r.status;
+    } catch (err) {
+      return 0;
+    } finally {
+      clearTimeout(timer);
+      ctl.abort();
+    }
+  }
+
+  /** A 401/403: true when final (no provider, or too many in a row). */
+  _refused(status) {
+    this._authFailures += 1;
+    if (!this._tokenProvider || this._authFailures >= this.options.maxAuthFailures) {
+      this._failAll(new BridgeClientError("unauthorized", `gateway refused the token (HTTP ${status})`));
+      return true;
+    }
+    return false;
+  }
+
+  // -- WebSocket ---------------------------------------------------------------------
+
+  _wanted() {
+    const now = Date.now();
+    return [...this._subs.values()].filter((s) => s.active && (s._notBefore || 0) <= now);
+  }
+
+  /** Make the connection's subscriptions match the wanted ones (or connect). */
+  _sync() {
+    if (this._closed || this.transport === "sse") return;
+    const ws = this._ws;
+    if (!ws) {
+      if (this._timer === null && this._wanted().length) this._connectWs();
+      return;
+    }
+    if (ws.readyState !== WebSocket.OPEN) return;
+    const wanted = new Map(this._wanted().map((s) => [s.topic, s]));
+    for (const [topic, sub] of [...this._onWire]) {
+      if (wanted.get(topic) !== sub) {
+        this._onWire.delete(topic);
+        ws.send(JSON.stringify({ type: "unsubscribe", topic }));
+      }
+    }
+    for (const [topic, sub] of wanted) {
+      if (this._onWire.has(topic)) continue;
+      const msg = { type: "subscribe", topic };
+      if (sub.filter) msg.filter = sub.filter;
+      const since = sub.resumeFrom();
+      sub._sentSince = since;
+      sub._requested = true;
+      if (since !== null) msg.since = since;
+      this._onWire.set(topic, sub);
+      ws.send(JSON.stringify(msg));
+    }
+  }
+
+  _later(fn, delay) {
+    clearTimeout(this._timer);
+    this._timer = setTimeout(() => {
+      this._timer = null;
+      fn();
+    }, delay);
+  }
+
+  async _connectWs() {
+    this._timer = -1; // connecting
+    let token;
+    try {
+      token = await this._getToken();
+    } catch (err) {
+      console.warn("bridge client: tokenProvider failed", err);
+      this._later(() => this._connectWs(), this._schedule.next());
+      return;
+    }
+    if (this._closed) return;
+    this._timer = null;
+    const u = new URL(this.wsUrl);
+    if (token) u.searchParams.set("token", token);
+    const ws = new WebSocket(u);
+    this._ws = ws;
+    let opened = false;
+    let lastHeard = Date.now();
+    ws.onopen = () => {
+      opened = true;
+      this._authFailures = 0;
+      this._wsRefused = 0;
+      this.transport = "websocket";
+      this.connections += 1;
+      this._schedule.connected();
+      this._onWire = new Map();
+      clearInterval(this._pinger);
+      const every = this.options.pingInterval;
+      this._pinger = setInterval(() => {
+        if (Date.now() - lastHeard > 2 * every) ws.close(4000, "no answer to ping");
+        else if (ws.readyState === WebSocket.OPEN) ws.send('{"type":"ping"}');
+      }, every);
+      this._sync();
+    };
+    ws.onmessage = (e) => {
+      lastHeard = Date.now();
+      let msg;
+      try {
+        msg = JSON.parse(e.data);
+      } catch (err) {
+        return;
+      }
+      this._handle(msg, ws);
+    };
+    ws.onclose = () => {
+      if (this._ws !== ws) return;
+      this._ws = null;
+      clearInterval(this._pinger);
+      for (const sub of this._subs.values()) sub.live = false;
+      if (this._closed) return;
+      if (opened) {
+        this._schedule.disconnected();
+        this._later(() => this._sync(), this._schedule.next());
+      } else {
+        this._wsFailed(token);
+      }
+    };
+  }
+
+  /** The browser does not say why an upgrade failed: ask the SSE endpoint over HTTP. */
+  async _wsFailed(token) {
+    this._timer = -1;
+    const first = this._wanted()[0];
+    const status = first ? await this._probe(first.topic, token) : 0;
+    this._timer = null;
+    if (this._closed) return;
+    if (AUTH_STATUSES.has(status)) {
+      if (this._refused(status)) return;
+    } else if (status >= 200 && status < 300 && this.options.transport === "auto") {
+      // HTTP works, WebSocket does not (twice, so a gateway restart is not mistaken for it)
+      if (++this._wsRefused >= 2) return this._fallBack();
+    } else {
+      this._wsRefused = 0;
+    }
+    this._later(() => this._sync(), this._schedule.next());
+  }
+
+  _fallBack() {
+    console.warn("bridge client: WebSocket unavailable, using EventSource");
+    this.transport = "sse";
+    for (const sub of this._subs.values()) this._openSse(sub);
+  }
+
+  _handle(msg, ws) {
+    const sub = msg.topic !== undefined ? this._onWire.get(msg.topic) : undefined;
+    if (msg.type === "event") {
+      if (sub && sub.active) sub._deliver(msg);
+    } else if (msg.type === "subscribed") {
+      if (sub) sub._setLive(!!msg.recovered);
+    } else if (msg.type === "error") {
+      if (!sub) {
+        console.warn("bridge client: gateway error", msg.code, msg.message);
+      } else if (msg.code === "history_lost") {
+        sub._report(new HistoryLost(sub.topic, sub._sentSince, msg.message));
+      } else {
+        this._onWire.delete(sub.topic);
+        this._rejected(sub, msg, (delay) => {
+          sub._notBefore = Date.now() + delay;
+          setTimeout(() => this._sync(), delay);
+        });
+      }
+    }
+  }
+
+  /** forbidden/unknown_topic/...: final; bad_request (maybe Redis trouble): retry a few times. */
+  _rejected(sub, msg, retry) {
+    const err = new BridgeClientError(msg.code, msg.message || "", sub.topic);
+    sub._failedRequests += 1;
+    if (msg.code !== "bad_request" || sub._failedRequests > this.options.maxSubscribeRetries) {
+      sub._fail(err);
+      return;
+    }
+    const b = this.options.backoff;
+    retry(backoffDelay(sub._failedRequests - 1, b.base, b.cap));
+  }
+
+  // -- EventSource -------------------------------------------------------------------
+
+  _stopSse(sub) {
+    clearTimeout(sub._timer);
+    if (sub._source) sub._source.close();
+    sub._source = null;
+  }
+
+  async _openSse(sub) {
+    if (!sub.active || this._closed) return;
+    sub._sse = sub._sse || new Schedule(this.options.backoff);
+    const again = () => {
+      this._stopSse(sub);
+      sub.live = false;
+      if (sub.active && !this._closed) {
+        sub._timer = setTimeout(() => this._openSse(sub), sub._sse.next());
+      }
+    };
+    let token;
+    try {
+      token = await this._getToken();
+    } catch (err) {
+      return again();
+    }
+    if (!sub.active || this._closed) return;
+    const u = new URL(`${this.httpBase}/events/${encodeURIComponent(sub.topic)}`);
+    for (const [field, value] of Object.entries(sub.filter || {})) {
+      for (const v of Array.isArray(value) ? value : [value]) {
+        u.searchParams.append(field, typeof v === "string" ? v : JSON.stringify(v));
+      }
+    }
+    if (token) u.searchParams.set("token", token);
+    const since = sub.resumeFrom();
+    sub._sentSince = since;
+    sub._requested = true;
+    if (since !== null) u.searchParams.set("last_event_id", since);
+    const es = new EventSource(u);
+    sub._source = es;
+    let opened = false;
+    const onData = (e) => {
+      let msg;
+      try {
+        msg = JSON.parse(e.data);
+      } catch (err) {
+        return;
+      }
+      if (msg.type === "event" && msg.topic === sub.topic) sub._deliver(msg);
+      else if (msg.type === "subscribed") sub._setLive(!!msg.recovered);
+    };
+    es.addEventListener(sub.topic, onData);
+    if (sub.topic !== "message") es.addEventListener("message", onData);
+    es.addEventListener("subscribed", onData);
+    es.onopen = () => {
+      opened = true;
+      this._authFailures = 0;
+      this.connections += 1;
+      sub._sse.connected();
+    };
+    es.addEventListener("error", async (e) => {
+      if (sub._source !== es) return;
+      if (e.data) {
+        // an `event: error` frame from the gateway
+        let msg;
+        try {
+          msg = JSON.parse(e.data);
+        } catch (err) {
+          return;
+        }
+        if (msg.code === "history_lost") {
+          sub._report(new HistoryLost(sub.topic, sub._sentSince, msg.message));
+        } else {
+          this._rejected(sub, msg, () => again());
+        }
+        return;
+      }
+      // the connection failed or ended: we reconnect ourselves (fresh token, resume id)
+      es.close();
+      if (opened) {
+        sub._sse.disconnected();
+        return again();
+      }
+      const status = await this._probe(sub.topic, token);
+      if (AUTH_STATUSES.has(status) && this._refused(status)) return;
+      again();
+    });
+  }
+}
+
+export default BridgeClient;
