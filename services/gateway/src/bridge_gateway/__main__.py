@@ -1,25 +1,63 @@
-"""Command line of the gateway service."""
+"""Command line of the gateway service: `bridge-gateway [--port N]`."""
 
 from __future__ import annotations
 
 import argparse
 
 from bridge_common.service import Service, redis_client, run_main
-from bridge_common.settings import load_settings
+from bridge_common.settings import fail_config, load_settings
 
+from .app import build_app
+from .gateway import Gateway
 from .settings import Settings
+from .ws_protocol import GatewayWebSocketProtocol
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="bridge-gateway")
+    parser = argparse.ArgumentParser(
+        prog="bridge-gateway", description="WebSocket + SSE fan-out from Redis to clients"
+    )
     parser.add_argument("--port", type=int, help="listen port (BRIDGE_GATEWAY_PORT)")
     args = parser.parse_args(argv)
     settings = load_settings(Settings, port=args.port)
+    if settings.auth == "jwt" and (
+        settings.jwt_secret is None or not settings.jwt_secret.get_secret_value()
+    ):
+        fail_config(
+            "gateway: BRIDGE_JWT_SECRET is not set "
+            "(set it, or BRIDGE_AUTH=disabled to accept clients without tokens)"
+        )
 
     async def run() -> int:
-        svc = Service(settings)
-        async with redis_client(settings) as redis:
+        async with (
+            redis_client(settings) as redis,
+            # the live connection reconnects itself (to fill gaps), so no hidden retries
+            redis_client(settings, socket_timeout=None, retries=0) as live,
+        ):
+            gateway = Gateway(settings, redis, live)
+            app = build_app(gateway)
+            svc = Service(
+                settings,
+                app=app,
+                uvicorn_options={
+                    "ws": GatewayWebSocketProtocol,
+                    "ws_max_size": settings.max_frame_bytes,
+                    "ws_ping_interval": settings.ping_interval,
+                    "ws_ping_timeout": settings.ping_timeout,
+                    "ws_per_message_deflate": False,
+                    "backlog": 4096,
+                },
+            )
+            app.router.routes.extend(svc.health_routes())
             svc.use_redis(redis)
+
+            async def live_ready() -> None:
+                if not gateway.hub.connected.is_set():
+                    raise ConnectionError("live Redis subscription is down")
+
+            svc.add_ready_check("live", live_ready)
+            svc.add_status(gateway.status)
+            svc.add_worker("gateway", gateway.run)
             return await svc.run()
 
     run_main(run)

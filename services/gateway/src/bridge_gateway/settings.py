@@ -1,10 +1,76 @@
-"""Settings of the gateway service."""
+"""Settings of the gateway service: auth, limits per connection, heartbeats."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from bridge_common.settings import BridgeSettings
+from pydantic import Field, SecretStr, field_validator
 
 
 class Settings(BridgeSettings):
     service_name = "gateway"
     default_port = 8080
+
+    jwt_secret: SecretStr | None = Field(default=None, validation_alias="BRIDGE_JWT_SECRET")
+    auth: Literal["jwt", "disabled"] = Field(default="jwt", validation_alias="BRIDGE_AUTH")
+    #: comma-separated browser origins allowed to connect; empty = any origin
+    allowed_origins: str = Field(default="", validation_alias="BRIDGE_GATEWAY_ALLOWED_ORIGINS")
+    #: largest inbound WebSocket message (bytes); larger ones close with 1009
+    max_frame_bytes: int = Field(
+        default=64 * 1024,
+        ge=256,
+        le=16 * 1024 * 1024,
+        validation_alias="BRIDGE_GATEWAY_MAX_FRAME_BYTES",
+    )
+    max_subscriptions: int = Field(
+        default=64, ge=1, le=10_000, validation_alias="BRIDGE_GATEWAY_MAX_SUBSCRIPTIONS"
+    )
+    max_connections: int = Field(
+        default=50_000, ge=1, le=1_000_000, validation_alias="BRIDGE_GATEWAY_MAX_CONNECTIONS"
+    )
+    #: sustained client messages per second, and the burst allowed above it
+    rate_limit: float = Field(
+        default=20.0, gt=0, le=100_000, validation_alias="BRIDGE_GATEWAY_RATE_LIMIT"
+    )
+    rate_burst: int = Field(
+        default=50, ge=1, le=1_000_000, validation_alias="BRIDGE_GATEWAY_RATE_BURST"
+    )
+    #: outgoing buffer per connection; a client that falls further behind is cut off
+    send_buffer_messages: int = Field(
+        default=2_000, ge=2, le=1_000_000, validation_alias="BRIDGE_GATEWAY_SEND_BUFFER_MESSAGES"
+    )
+    send_buffer_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        le=1 << 30,
+        validation_alias="BRIDGE_GATEWAY_SEND_BUFFER_BYTES",
+    )
+    ping_interval: float = Field(
+        default=20.0, gt=0, le=3600, validation_alias="BRIDGE_GATEWAY_PING_INTERVAL"
+    )
+    ping_timeout: float = Field(
+        default=20.0, gt=0, le=3600, validation_alias="BRIDGE_GATEWAY_PING_TIMEOUT"
+    )
+    sse_heartbeat: float = Field(
+        default=15.0, gt=0, le=15.0, validation_alias="BRIDGE_GATEWAY_SSE_HEARTBEAT"
+    )
+    #: stream entries read per XRANGE while replaying
+    replay_batch: int = Field(
+        default=500, ge=1, le=10_000, validation_alias="BRIDGE_GATEWAY_REPLAY_BATCH"
+    )
+    #: first delay before reconnecting to Redis (doubles up to 5 s)
+    redis_retry: float = Field(
+        default=0.1, gt=0, le=60, validation_alias="BRIDGE_GATEWAY_REDIS_RETRY"
+    )
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _lower_auth(cls, v: object) -> object:
+        return v.lower() if isinstance(v, str) else v
+
+    @property
+    def origins(self) -> frozenset[str]:
+        return frozenset(
+            o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()
+        )

@@ -1,0 +1,73 @@
+"""Client authentication: JWT HS256 bearer tokens carrying `sub`, `exp` and `topics`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import jwt
+
+from .errors import Unauthorized
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is connected and which topics they may read (`None` = every topic)."""
+
+    sub: str
+    topics: frozenset[str] | None
+    exp: float | None = None
+
+    def may_read(self, topic: str) -> bool:
+        return self.topics is None or topic in self.topics
+
+
+ANONYMOUS = Principal("anonymous", None)
+
+
+def token_from(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
+    """`Authorization: Bearer <token>` first, then `?token=`."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    token = query.get("token")
+    return token or None
+
+
+class Authenticator:
+    """Verifies tokens; with auth disabled everybody reads every topic."""
+
+    def __init__(self, secret: str | None, enabled: bool = True) -> None:
+        if enabled and not secret:
+            raise ValueError("a secret is required when auth is enabled")
+        self.secret = secret or ""
+        self.enabled = enabled
+
+    def authenticate(self, token: str | None) -> Principal:
+        if not self.enabled:
+            return ANONYMOUS
+        if not token:
+            raise Unauthorized("missing token")
+        try:
+            # algorithms pinned to HS256: `alg: none` and every other algorithm are rejected
+            claims = jwt.decode(
+                token,
+                self.secret,
+                algorithms=["HS256"],
+                options={"require": ["exp", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token expired") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from None
+        topics = claims.get("topics")
+        if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+            raise Unauthorized("invalid token: 'topics' must be a list of topic names")
+        sub = claims["sub"]
+        if not isinstance(sub, str):
+            raise Unauthorized("invalid token: 'sub' must be a string")
+        exp = claims.get("exp")
+        allowed = None if "*" in topics else frozenset(topics)
+        return Principal(sub, allowed, float(exp) if isinstance(exp, int | float) else None)

@@ -1,0 +1,217 @@
+"""One connected client (WebSocket or SSE): its bounded outgoing buffer and how it ends.
+
+The fan-out never awaits a client: it appends an already-encoded frame to the client's
+buffer. A transport-specific writer drains the buffer. A client whose buffer exceeds its
+bound is *cut* — the buffer is dropped and the connection closed with a code and reason —
+so one slow reader never holds up anybody else; it reconnects and resumes with its last id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from . import metrics
+from .auth import Principal
+from .errors import GatewayError
+
+Transport = Literal["ws", "sse"]
+
+#: close codes (WebSocket); SSE responses simply end
+GOING_AWAY = 1001
+POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
+
+SLOW_REASON = "slow reader: outgoing buffer full"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_messages: int
+    max_bytes: int
+    max_subscriptions: int
+    rate: float
+    burst: int
+
+
+class Delivery:
+    """One event, encoded once; every transport's frame is built at most once."""
+
+    __slots__ = ("topic", "raw", "event_id", "_text", "_sse")
+
+    def __init__(self, topic: str, raw: bytes, event_id: bytes) -> None:
+        self.topic = topic
+        self.raw = raw
+        self.event_id = event_id
+        self._text: str | None = None
+        self._sse: bytes | None = None
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self.raw.decode()
+        return self._text
+
+    @property
+    def sse(self) -> bytes:
+        if self._sse is None:
+            self._sse = sse_frame(self.raw, event=self.topic, event_id=self.event_id)
+        return self._sse
+
+
+def sse_frame(data: bytes, *, event: str | None = None, event_id: bytes | None = None) -> bytes:
+    """One SSE frame; `data` is single-line JSON (msgspec never emits raw newlines)."""
+    head = b""
+    if event_id is not None:
+        head += b"id: " + event_id + b"\n"
+    if event is not None:
+        head += b"event: " + event.encode() + b"\n"
+    return head + b"data: " + data + b"\n\n"
+
+
+class Client:
+    """Connection state shared by the fan-out, the subscriptions and the transport writer."""
+
+    __slots__ = (
+        "transport",
+        "principal",
+        "limits",
+        "subscriptions",
+        "tasks",
+        "_queue",
+        "_queued_bytes",
+        "wakeup",
+        "room",
+        "close_code",
+        "close_reason",
+        "flush_before_close",
+        "events_left",
+        "on_cut",
+        "_tokens",
+        "_stamp",
+    )
+
+    def __init__(self, transport: Transport, principal: Principal, limits: Limits) -> None:
+        self.transport: Transport = transport
+        self.principal = principal
+        self.limits = limits
+        self.subscriptions: dict[str, object] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._queue: deque[str | bytes] = deque()
+        self._queued_bytes = 0
+        self.wakeup = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.flush_before_close = False
+        #: SSE `close_after`: events still to send before the stream ends
+        self.events_left: int | None = None
+        #: called synchronously when the client is cut (transport closes right away)
+        self.on_cut: Callable[[int, str], None] | None = None
+        self._tokens = float(limits.burst)
+        self._stamp = asyncio.get_running_loop().time()
+
+    # -- state --------------------------------------------------------------------------
+    @property
+    def closing(self) -> bool:
+        return self.close_code is not None
+
+    # -- outgoing -----------------------------------------------------------------------
+    def _append(self, frame: str | bytes) -> None:
+        self._queue.append(frame)
+        self._queued_bytes += len(frame)
+        if (
+            len(self._queue) > self.limits.max_messages
+            or self._queued_bytes > self.limits.max_bytes
+        ):
+            metrics.SLOW_DROPPED.inc()
+            self.cut(TRY_AGAIN_LATER, SLOW_REASON, reason_label="slow")
+            return
+        if len(self._queue) * 2 > self.limits.max_messages:
+            self.room.clear()
+        self.wakeup.set()
+
+    def deliver(self, d: Delivery) -> None:
+        """Queue one event (live fan-out path: never awaits)."""
+        if self.close_code is not None:
+            return
+        if self.events_left is not None:
+            if self.events_left <= 0:
+                return
+            self.events_left -= 1
+            if self.events_left == 0:
+                self._append(d.sse if self.transport == "sse" else d.text)
+                self.close(1000, "close_after reached", flush=True)
+                return
+        self._append(d.sse if self.transport == "sse" else d.text)
+
+    def send_message(self, encoded: bytes, *, sse_event: str | None = None) -> None:
+        """Queue a control message (subscribed, pong, error)."""
+        if self.close_code is not None:
+            return
+        if self.transport == "sse":
+            self._append(sse_frame(encoded, event=sse_event))
+        else:
+            self._append(encoded.decode())
+
+    def send_error(self, err: GatewayError) -> None:
+        from .protocol import encode_error
+
+        self.send_message(encode_error(err.code, err.message, err.topic), sse_event="error")
+
+    async def wait_room(self) -> None:
+        """Backpressure for replays: wait until the buffer is at most half full."""
+        while not self.room.is_set() and self.close_code is None:
+            await self.room.wait()
+
+    def take(self) -> list[str | bytes]:
+        """Everything queued, oldest first (called by the transport writer)."""
+        items = list(self._queue)
+        self._queue.clear()
+        self._queued_bytes = 0
+        self.wakeup.clear()
+        self.room.set()
+        return items
+
+    # -- inbound rate -------------------------------------------------------------------
+    def allow_message(self) -> bool:
+        """Token bucket: `rate` messages a second with bursts of `burst`."""
+        now = asyncio.get_running_loop().time()
+        self._tokens = min(
+            float(self.limits.burst), self._tokens + (now - self._stamp) * self.limits.rate
+        )
+        self._stamp = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    # -- ending -------------------------------------------------------------------------
+    def close(self, code: int, reason: str, *, flush: bool = True) -> None:
+        """End the connection after sending what is queued (`flush`), e.g. going away."""
+        if self.close_code is not None:
+            return
+        self.close_code = code
+        self.close_reason = reason
+        self.flush_before_close = flush
+        self.wakeup.set()
+        self.room.set()
+
+    def cut(self, code: int, reason: str, *, reason_label: str = "policy") -> None:
+        """Drop everything queued and close now (slow reader, flood, bad frames)."""
+        if self.close_code is not None and not self.flush_before_close:
+            return
+        metrics.CUT.labels(reason_label).inc()
+        self._queue.clear()
+        self._queued_bytes = 0
+        self.close_code = code
+        self.close_reason = reason
+        self.flush_before_close = False
+        self.wakeup.set()
+        self.room.set()
+        if self.on_cut is not None:
+            self.on_cut(code, reason)

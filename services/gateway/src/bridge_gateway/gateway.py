@@ -1,0 +1,125 @@
+"""The running gateway: auth, topics, hub, history and every connected client, in one place.
+
+Delivery guarantee (what clients can rely on): every event appended to a topic's stream
+after a subscription is acknowledged with `subscribed` reaches that client exactly once
+and in id order while it stays connected — across Redis reconnects of the gateway. A
+client that disconnects (or is cut off as a slow reader, or the gateway restarts) resumes
+from its last id with `since` / `Last-Event-ID` and gets the rest exactly once, unless the
+stream was trimmed past that id, which it is told (`history_lost`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from bridge_common.channels import Channels
+from bridge_common.logging import get_logger
+from bridge_common.redis import AnyRedis
+
+from . import metrics
+from .auth import Authenticator, Principal
+from .clients import GOING_AWAY, Client, Limits, Transport
+from .history import History
+from .hub import Hub
+from .settings import Settings
+
+log = get_logger(__name__)
+
+
+class TopicRegistry:
+    """Which topics exist: the notifier's `topics` set (positive answers are cached)."""
+
+    def __init__(self, redis: AnyRedis, channels: Channels) -> None:
+        self.redis = redis
+        self.channels = channels
+        self._known: set[str] = set()
+
+    async def exists(self, topic: str) -> bool:
+        if topic in self._known:
+            return True
+        if await self.redis.sismember(self.channels.topics, topic):
+            self._known.add(topic)
+            return True
+        return False
+
+
+class Gateway:
+    def __init__(self, settings: Settings, redis: AnyRedis, pubsub_redis: AnyRedis) -> None:
+        self.settings = settings
+        self.channels = Channels(settings.namespace)
+        secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        self.auth = Authenticator(secret, enabled=settings.auth == "jwt")
+        self.topics = TopicRegistry(redis, self.channels)
+        self.history = History(redis, self.channels, settings.replay_batch)
+        self.hub = Hub(pubsub_redis, self.channels, self.history, retry_base=settings.redis_retry)
+        self.limits = Limits(
+            max_messages=settings.send_buffer_messages,
+            max_bytes=settings.send_buffer_bytes,
+            max_subscriptions=settings.max_subscriptions,
+            rate=settings.rate_limit,
+            burst=settings.rate_burst,
+        )
+        self.origins = settings.origins
+        self.clients: set[Client] = set()
+        self.stopping = False
+        self._gone = asyncio.Event()
+
+    # -- clients --------------------------------------------------------------------------
+    def origin_allowed(self, origin: str | None) -> bool:
+        """Browsers send Origin; with an allow-list configured only listed origins pass."""
+        if not self.origins or origin is None:
+            return True
+        return origin.rstrip("/") in self.origins
+
+    def at_capacity(self) -> bool:
+        return len(self.clients) >= self.settings.max_connections
+
+    def open_client(self, transport: Transport, principal: Principal) -> Client:
+        client = Client(transport, principal, self.limits)
+        self.clients.add(client)
+        metrics.CONNECTIONS.labels(transport).inc()
+        self._gone.clear()
+        return client
+
+    def close_client(self, client: Client) -> None:
+        if client in self.clients:
+            self.clients.discard(client)
+            metrics.CONNECTIONS.labels(client.transport).dec()
+        if not self.clients:
+            self._gone.set()
+
+    def status(self) -> dict[str, Any]:
+        """Heartbeat facts; the metrics API sums `connections` over every gateway."""
+        return {
+            "connections": len(self.clients),
+            "subscriptions": self.hub.subscriptions,
+            "topics": len(self.hub.feeds),
+            "redis_live": self.hub.connected.is_set(),
+        }
+
+    def count_replayed(self, n: int) -> None:
+        metrics.REPLAYED.inc(n)
+
+    def count_history_lost(self) -> None:
+        metrics.HISTORY_LOST.inc()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Worker: the hub until `stop`, then send every client away (1001) in order."""
+        hub_task = asyncio.create_task(self.hub.run(stop), name="hub")
+        try:
+            await stop.wait()
+            self.stopping = True
+            log.info("gateway.closing_clients", clients=len(self.clients))
+            for client in list(self.clients):
+                client.close(GOING_AWAY, "going away", flush=True)
+            deadline = max(1.0, self.settings.shutdown_timeout / 2)
+            with contextlib.suppress(TimeoutError):
+                if self.clients:
+                    await asyncio.wait_for(self._gone.wait(), deadline)
+            for client in list(self.clients):
+                client.cut(GOING_AWAY, "going away", reason_label="shutdown")
+        finally:
+            await hub_task

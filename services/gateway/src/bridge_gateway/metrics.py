@@ -1,0 +1,33 @@
+"""Prometheus metrics of the gateway (registered once per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONNECTIONS = Gauge("bridge_gateway_connections", "Open client connections", ["transport"])
+SUBSCRIPTIONS = Gauge("bridge_gateway_subscriptions", "Active topic subscriptions")
+EVENTS_IN = Counter(
+    "bridge_gateway_events_in_total", "Events received from Redis (live and gap fill)", ["topic"]
+)
+EVENTS_OUT = Counter(
+    "bridge_gateway_events_out_total", "Event deliveries queued to client connections"
+)
+REPLAYED = Counter("bridge_gateway_events_replayed_total", "Events replayed from streams")
+SLOW_DROPPED = Counter(
+    "bridge_gateway_slow_clients_dropped_total", "Clients cut off because they fell behind"
+)
+CUT = Counter("bridge_gateway_clients_cut_total", "Clients closed by the gateway", ["reason"])
+REJECTED = Counter(
+    "bridge_gateway_rejected_total", "Connections refused before upgrade", ["status"]
+)
+HISTORY_LOST = Counter(
+    "bridge_gateway_history_lost_total", "Resumes whose position was older than the history"
+)
+REDIS_RECONNECTS = Counter(
+    "bridge_gateway_redis_reconnects_total", "Times the live Redis connection was re-established"
+)
+FANOUT_LATENCY = Histogram(
+    "bridge_gateway_fanout_latency_seconds",
+    "From the event's append to its stream (Redis clock) to queued on every matching client",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)

@@ -1,0 +1,162 @@
+"""What a connected client can do, whatever its transport: subscribe (with resume),
+unsubscribe, ping — validated, authorised and bounded.
+
+Resume without gap or duplicate: the subscription joins the live feed first (holding
+events back), then the stream is read after `since`, then held-back events newer than the
+last replayed id are released and the subscription goes live. `subscribed` is sent at
+that switch: events before it are replay, events after it are live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from bridge_common.channels import ALERTS_TOPIC, InvalidTopic, check_topic
+from bridge_common.events import Ping, Subscribe, Unsubscribe, decode_client_message
+from bridge_common.logging import get_logger
+
+from .clients import Client, Delivery
+from .errors import (
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    HistoryLost,
+    TooManySubscriptions,
+    UnknownTopic,
+)
+from .event_ids import EventId, parse_id
+from .filters import compile_filter
+from .hub import Subscription, decode_row
+from .protocol import PONG, encode_subscribed
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+log = get_logger(__name__)
+
+
+class Session:
+    """The protocol state of one client connection."""
+
+    def __init__(self, gateway: Gateway, client: Client) -> None:
+        self.gw = gateway
+        self.client = client
+        self.subs: dict[str, Subscription] = {}
+
+    # -- frames (WebSocket) -------------------------------------------------------------
+    def handle_frame(self, frame: str | bytes) -> None:
+        """One client message; errors are answered, never raised."""
+        try:
+            msg = decode_client_message(frame)
+        except msgspec.ValidationError as exc:
+            self.client.send_error(BadRequest(f"invalid message: {exc}"))
+            return
+        except msgspec.DecodeError:
+            self.client.send_error(BadRequest("malformed JSON: one JSON object per frame"))
+            return
+        try:
+            if isinstance(msg, Subscribe):
+                self.subscribe(msg.topic, msg.filter, msg.since)
+            elif isinstance(msg, Unsubscribe):
+                self.unsubscribe(msg.topic)
+            elif isinstance(msg, Ping):
+                self.client.send_message(PONG)
+        except GatewayError as err:
+            self.client.send_error(err)
+
+    # -- operations ---------------------------------------------------------------------
+    def subscribe(
+        self, topic: Any, filter_spec: Any = None, since: str | None = None
+    ) -> Subscription:
+        """Validate synchronously (raises GatewayError), then go live in a task."""
+        try:
+            check_topic(topic)
+        except InvalidTopic as exc:
+            raise BadRequest(str(exc), topic=topic if isinstance(topic, str) else None) from None
+        if not self.client.principal.may_read(topic):
+            raise Forbidden(f"token does not allow topic {topic!r}", topic=topic)
+        try:
+            row_filter = compile_filter(filter_spec)
+        except BadRequest as err:
+            err.topic = topic
+            raise
+        since_id: EventId | None = None
+        if since is not None:
+            try:
+                since_id = parse_id(since)
+            except BadRequest as err:
+                err.topic = topic
+                raise
+        if topic in self.subs:
+            self.unsubscribe(topic)  # re-subscribing replaces filter and position
+        if len(self.subs) >= self.client.limits.max_subscriptions:
+            raise TooManySubscriptions(
+                f"at most {self.client.limits.max_subscriptions} subscriptions per connection",
+                topic=topic,
+            )
+        sub = Subscription(self.client, topic, row_filter)
+        self.subs[topic] = sub
+        sub.task = asyncio.get_running_loop().create_task(self._open(sub, since_id))
+        return sub
+
+    def unsubscribe(self, topic: str) -> None:
+        sub = self.subs.pop(topic, None)
+        if sub is None:
+            return
+        if sub.task is not None and not sub.task.done():
+            sub.task.cancel("unsubscribed")
+        self.gw.hub.detach(sub)
+
+    async def close(self) -> None:
+        subs = list(self.subs.values())
+        for topic in list(self.subs):
+            self.unsubscribe(topic)
+        tasks = [s.task for s in subs if s.task is not None]
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- going live -----------------------------------------------------------------------
+    async def _open(self, sub: Subscription, since: EventId | None) -> None:
+        topic = sub.topic
+        client = self.client
+        try:
+            if topic != ALERTS_TOPIC and not await self.gw.topics.exists(topic):
+                self.subs.pop(topic, None)
+                client.send_error(UnknownTopic(f"no such topic {topic!r}", topic=topic))
+                return
+            await self.gw.hub.attach(sub)
+            if since is None:
+                client.send_message(encode_subscribed(topic, False), sse_event="subscribed")
+                sub.go_live(None)
+                return
+            last = since
+            lost: HistoryLost | None = None
+            try:
+                async for batch in self.gw.history.read_after(topic, since):
+                    for event_id, id_bytes, raw in batch:
+                        if sub.filter is None or sub.filter.matches(decode_row(raw)):
+                            await client.wait_room()
+                            if client.closing:
+                                return
+                            client.deliver(Delivery(topic, raw, id_bytes))
+                        last = event_id
+                    self.gw.count_replayed(len(batch))
+            except HistoryLost as exc:
+                lost = exc
+            if lost is not None:
+                self.gw.count_history_lost()
+                client.send_error(lost)
+            client.send_message(encode_subscribed(topic, lost is None), sse_event="subscribed")
+            sub.go_live(last)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Redis trouble: tell the client, keep the process
+            log.warning("session.subscribe_failed", topic=topic, error=str(exc))
+            if self.subs.get(topic) is sub:
+                self.unsubscribe(topic)
+            client.send_error(
+                GatewayError(f"subscription to {topic!r} failed, retry later", topic=topic)
+            )

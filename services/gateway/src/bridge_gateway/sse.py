@@ -1,0 +1,209 @@
+"""Server-Sent Events: `/events/{topic}` and the original service's aliases.
+
+Frames: `id: <event id>` / `event: <topic>` / `data: <event JSON>`; `event: subscribed`
+when the stream is live (after any replay); `event: error` (data = the error JSON, no
+id) for `history_lost`; a `: ping` comment every `BRIDGE_GATEWAY_SSE_HEARTBEAT` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from bridge_common.channels import ALERTS_TOPIC, InvalidTopic, check_topic
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from . import metrics
+from .auth import Principal, token_from
+from .clients import Client
+from .errors import BadRequest, Forbidden, GatewayError, Unauthorized, UnknownTopic
+from .event_ids import parse_id
+from .filters import compile_filter
+from .sessions import Session
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+#: query parameters that are not row filters
+RESERVED = frozenset({"token", "last_event_id", "close_after"})
+MAX_CLOSE_AFTER = 1_000_000
+
+_STATUS = {
+    "bad_request": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "unknown_topic": 404,
+    "too_many_subscriptions": 429,
+    "unavailable": 503,
+}
+
+
+def _error(code: str, message: str, topic: str | None = None) -> JSONResponse:
+    status = _STATUS.get(code, 400)
+    metrics.REJECTED.labels(str(status)).inc()
+    body: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if topic is not None:
+        body["topic"] = topic
+    return JSONResponse(body, status_code=status)
+
+
+async def events_topic(request: Request) -> Response:
+    return await _open(request, request.path_params["topic"], {})
+
+
+async def events_intent(request: Request) -> Response:
+    """`/events/intents/{intent_id}`: the `intents` topic filtered on one row id."""
+    return await _open(request, "intents", {"id": request.path_params["intent_id"]})
+
+
+async def events_audit_logs(request: Request) -> Response:
+    return await _open(request, "audit_logs", {})
+
+
+async def _open(request: Request, topic: str, fixed: dict[str, Any]) -> Response:
+    gw: Gateway = request.app.state.gateway
+    if gw.stopping:
+        return _error("unavailable", "gateway is shutting down")
+    origin = request.headers.get("origin")
+    if not gw.origin_allowed(origin):
+        return _error("forbidden", "origin not allowed")
+    try:
+        principal = gw.auth.authenticate(token_from(request.headers, request.query_params))
+    except Unauthorized as exc:
+        return _error("unauthorized", exc.message)
+    if gw.at_capacity():
+        return _error("unavailable", "too many connections")
+    params = request.query_params
+    spec: dict[str, Any] = {}
+    for key in params:
+        if key not in RESERVED:
+            values = params.getlist(key)
+            spec[key] = values if len(values) > 1 else values[0]
+    spec.update(fixed)
+    try:
+        check_topic(topic)
+        if not principal.may_read(topic):
+            raise Forbidden(f"token does not allow topic {topic!r}", topic=topic)
+        compile_filter(spec)
+        since = request.headers.get("last-event-id") or params.get("last_event_id") or None
+        if since is not None:
+            parse_id(since)
+        close_after = _close_after(params.get("close_after"))
+        if topic != ALERTS_TOPIC and not await gw.topics.exists(topic):
+            raise UnknownTopic(f"no such topic {topic!r}", topic=topic)
+    except InvalidTopic as exc:
+        return _error("bad_request", str(exc))
+    except GatewayError as err:
+        return _error(err.code, err.message, err.topic)
+    headers = {
+        "cache-control": "no-cache",
+        "x-accel-buffering": "no",
+    }
+    if origin is not None and gw.origins:
+        headers["access-control-allow-origin"] = origin
+        headers["vary"] = "Origin"
+    elif origin is not None:
+        headers["access-control-allow-origin"] = "*"
+    return EventStream(gw, principal, topic, spec or None, since, close_after, headers)
+
+
+def _close_after(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        raise BadRequest("close_after must be a positive integer") from None
+    if not 1 <= n <= MAX_CLOSE_AFTER:
+        raise BadRequest(f"close_after must be between 1 and {MAX_CLOSE_AFTER}")
+    return n
+
+
+class EventStream(Response):
+    """The streaming body of one SSE subscription (a validated request)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        principal: Principal,
+        topic: str,
+        spec: dict[str, Any] | None,
+        since: str | None,
+        close_after: int | None,
+        headers: dict[str, str],
+    ) -> None:
+        super().__init__(content=None, headers=headers, media_type=self.media_type)
+        # a stream has no length: drop the `content-length: 0` Response adds for no content
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        self.gw = gateway
+        self.principal = principal
+        self.topic = topic
+        self.spec = spec
+        self.since = since
+        self.close_after = close_after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gw = self.gw
+        client = gw.open_client("sse", self.principal)
+        client.events_left = self.close_after
+        session = Session(gw, client)
+        pump = asyncio.create_task(self._pump(client, send))
+
+        def stop_pump(code: int, reason: str) -> None:
+            pump.cancel()
+
+        client.on_cut = stop_pump
+        watcher = asyncio.create_task(_watch_disconnect(receive, client))
+        try:
+            try:
+                session.subscribe(self.topic, self.spec, self.since)
+            except GatewayError as err:
+                client.send_error(err)
+                client.close(1000, err.message, flush=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+        finally:
+            watcher.cancel()
+            pump.cancel()
+            await session.close()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(
+                    send({"type": "http.response.body", "body": b"", "more_body": False}), 1.0
+                )
+            gw.close_client(client)
+
+    async def _pump(self, client: Client, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": b"retry: 1000\n\n", "more_body": True})
+        beat = self.gw.settings.sse_heartbeat
+        try:
+            while True:
+                if not client.wakeup.is_set():
+                    try:
+                        await asyncio.wait_for(client.wakeup.wait(), beat)
+                    except TimeoutError:
+                        await send(
+                            {"type": "http.response.body", "body": b": ping\n\n", "more_body": True}
+                        )
+                        continue
+                items = client.take()
+                if items:
+                    body = b"".join(i if isinstance(i, bytes) else i.encode() for i in items)
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                if client.closing and not client.wakeup.is_set():
+                    return
+        except OSError:
+            return  # peer gone
+
+
+async def _watch_disconnect(receive: Receive, client: Client) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            client.close(1000, "client gone", flush=False)
+            return
