@@ -97,8 +97,8 @@
     const a5 = ov.audit && ov.audit["5m"];
     const a1h = ov.audit && ov.audit["1h"];
     if (a5) {
-      tile("events", fmtInt(a5.events), fmtInt(a1h.events) + " in 1 h · " +
-        fmtInt(ov.audit["24h"].events) + " in 24 h", "ok");
+      tile("events", fmtInt(a5.events), fmtInt(a1h.events) + " / 1h · " +
+        fmtInt(ov.audit["24h"].events) + " / 24h", "ok");
       tile("errorrate", fmtPct(a5.error_rate), fmtInt(a5.errors) + " error/critical",
         level(a5.error_rate, 0.01, 0.05));
     } else {
@@ -124,7 +124,7 @@
     }
     if (ov.etl) {
       tile("etl", fmtSeconds(ov.etl.lag_seconds), ov.etl.lag_seconds === null ?
-        "no ETL worker up" : "newest row not yet loaded",
+        "no ETL worker up" : "behind the source",
         ov.etl.lag_seconds === null ? "warn" : level(ov.etl.lag_seconds, 10, 60));
     }
     if (ov.corrections) {

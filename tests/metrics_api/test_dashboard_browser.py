@@ -1,0 +1,186 @@
+"""The dashboard page in a real headless Chromium (Debian's `chromium`, driven by Playwright):
+it shows the seeded figures, updates live as data changes, and logs no console errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.metrics_api.seed import (
+    AuditRow,
+    add_audit,
+    add_intents,
+    heartbeat,
+    put_alert_states,
+    put_heartbeats,
+)
+from tests.support.processes import ServiceProcess
+
+CHROMIUM = os.environ.get("BRIDGE_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"chromium not installed at {CHROMIUM} (apt-get install -y chromium)")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def dashboard(api_env, tmp_path_factory, db, r, namespace) -> Iterator[ServiceProcess]:  # noqa: ANN001
+    now = datetime.now(UTC)
+    rows = []
+    for minute in range(1, 55):
+        t = now - timedelta(minutes=minute)
+        rows += [AuditRow(t) for _ in range(3 + minute % 5)]
+        if minute % 7 == 0:
+            rows.append(AuditRow(t, severity="warning"))
+        if minute % 11 == 0:
+            rows.append(AuditRow(t, severity="error", action="intent.failed"))
+    rows.append(AuditRow(now - timedelta(minutes=3), severity="critical", action="intent.failed"))
+    rows.append(
+        AuditRow(
+            now - timedelta(minutes=4),
+            action="intent.corrected",
+            severity="warning",
+            actor="alice",
+            intent_id=uuid.uuid4(),
+            details={"reason": "amount fixed"},
+        )
+    )
+    add_audit(db, rows)
+    add_intents(db, "pending", 4, now)
+    add_intents(db, "done", 9, now)
+    add_intents(db, "failed", 1, now)
+    put_heartbeats(
+        r,
+        namespace,
+        [
+            heartbeat("gateway", "gateway-a", {"connections": 41}),
+            heartbeat("notifier", "notifier-a", {"lag_seconds": 0.12, "outbox_backlog": 0,
+                                                 "leader": True}),
+            heartbeat("etl", "etl-a", {"lag_seconds": 0.8}),
+            heartbeat("etl", "etl-b", {"lag_seconds": 0.5}, age=300, interval=1),
+        ],
+    )
+    put_alert_states(
+        r,
+        namespace,
+        {
+            "fp1": {
+                "rule": "audit_error_rate_high",
+                "state": "firing",
+                "severity": "critical",
+                "value": 0.071,
+                "threshold": 0.05,
+                "summary": "Audit error rate 0.071 above 0.05",
+                "started_at": (now - timedelta(minutes=6)).isoformat(),
+            }
+        },
+    )
+    env = {**api_env, "BRIDGE_DASHBOARD_POLL_MS": "500"}
+    proc = ServiceProcess("metrics_api", env, Path(tmp_path_factory.mktemp("dash")))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[tuple[Page, list[str]]]:
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    p = context.new_page()
+    problems: list[str] = []
+    p.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
+         if m.type in ("error", "warning") else None)
+    p.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    p.on("requestfailed", lambda req: problems.append(f"request failed: {req.url}"))
+    p.on("response", lambda resp: problems.append(f"HTTP {resp.status}: {resp.url}")
+         if resp.status >= 400 else None)
+    yield p, problems
+    context.close()
+
+
+def text(p: Page, selector: str) -> str:
+    return p.locator(selector).inner_text().strip()
+
+
+def wait_until(check, timeout: float = 15.0) -> None:  # noqa: ANN001
+    """Poll `check()` (the page's CSP forbids Playwright's string-eval wait_for_function)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def test_dashboard_shows_live_data_without_console_errors(
+    dashboard, page, db, tmp_path: Path
+) -> None:
+    p, problems = page
+    p.goto(dashboard.url + "/", wait_until="load")
+    p.wait_for_selector("body[data-loaded='1']", timeout=15_000)
+    overview = httpx.get(dashboard.url + "/api/v1/dashboard/overview").json()
+
+    # tiles show the API's figures
+    assert text(p, "#t-connections") == "41"
+    assert text(p, "#t-events") == str(overview["audit"]["5m"]["events"])
+    assert text(p, "#t-intents") == "14"
+    assert text(p, "#t-alerts") == "1"
+    assert "bad" in (p.locator(".tile[data-key='alerts']").get_attribute("class") or "")
+    assert text(p, "#t-corrections") == "1"
+    assert text(p, "#t-notifier") == "120 ms"
+    # the chart: one stacked bar per minute, coloured by severity, with a legend
+    assert p.locator("#chart svg g.bar").count() in (60, 61)
+    assert p.locator("#chart rect.sev-info").count() >= 50
+    assert p.locator("#chart rect.sev-critical").count() == 1
+    assert "critical 1" in (p.locator("#legend").text_content() or "")
+    # lists
+    assert "audit_error_rate_high" in text(p, "#alerts")
+    assert "alice" in text(p, "#corrections") and "amount fixed" in text(p, "#corrections")
+    # gateway, notifier, two ETL workers and this metrics API
+    assert p.locator("#services tr").count() == 5
+    assert "metrics_api" in text(p, "#services")
+    assert p.locator("#services tr.down").count() == 1 and "etl-b" in text(p, "#services tr.down")
+    assert "polling" in text(p, "#conn")
+
+    # live: new rows appear without a reload
+    before = int(text(p, "#t-events").replace(",", ""))
+    add_audit(db, [AuditRow(datetime.now(UTC), severity="error") for _ in range(7)])
+    wait_until(lambda: int(text(p, "#t-events").replace(",", "")) >= before + 7)
+    shot = tmp_path / "dashboard.png"
+    p.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("BRIDGE_DASHBOARD_SCREENSHOT"):
+        shutil.copy(shot, os.environ["BRIDGE_DASHBOARD_SCREENSHOT"])
+    time.sleep(1.2)  # two more polls: later refreshes must be clean too
+    assert problems == []
+
+
+def test_dashboard_range_switch_and_api_outage(dashboard, page) -> None:
+    p, problems = page
+    p.goto(dashboard.url + "/", wait_until="load")
+    p.wait_for_selector("body[data-loaded='1']", timeout=15_000)
+    p.click("#range button[data-range='24h']")
+    wait_until(lambda: p.locator("#chart svg g.bar").count() >= 96)
+    assert p.locator("#range button.on").inner_text() == "24 h"
+    assert problems == []
+    # the API goes away: the page says so and keeps the last figures; it recovers by itself
+    dashboard.stop()
+    p.wait_for_selector("#banner:not([hidden])", timeout=10_000)
+    assert "unreachable" in text(p, "#banner") and text(p, "#t-connections") == "41"
+    assert "unreachable" in text(p, "#conn")
+    dashboard.start()
+    p.wait_for_selector("#banner[hidden]", state="attached", timeout=40_000)
+    assert "polling" in text(p, "#conn")
