@@ -1,0 +1,153 @@
+"""Audit-log fixtures for the ETL tests: source rows, events, and source-vs-target checks."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import psycopg
+import redis
+from bridge_common.channels import Channels
+from bridge_common.events import event_fragment_raw
+
+# One text line per row, same rendering on both sides (same session, same TimeZone).
+_SOURCE_SUM = """
+SELECT count(*), coalesce(md5(string_agg(
+    concat_ws('|', id, created_at, intent_id, actor, action, severity, details::text),
+    ',' ORDER BY id)), '')
+FROM audit_logs {where}
+"""
+_TARGET_SUM = """
+SELECT count(*), coalesce(md5(string_agg(
+    concat_ws('|', source_id, created_at, intent_id, actor, action, severity, details::text),
+    ',' ORDER BY source_id)), '')
+FROM audit_logs_ts
+"""
+
+
+def insert_rows(
+    dsn: str, n: int, *, hours: float = 30.0, offset_hours: float = 0.0, start: int = 0
+) -> None:
+    """`n` audit rows spread over the `hours` before now − `offset_hours` (several days)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            """
+            INSERT INTO audit_logs (intent_id, actor, action, severity, details, created_at)
+            SELECT CASE WHEN g %% 3 = 0 THEN gen_random_uuid() END,
+                   'user-' || (g %% 17),
+                   (ARRAY['intent.created','intent.updated','intent.corrected','login'])[1 + g %% 4],
+                   (ARRAY['debug','info','warning','error','critical'])[1 + (g / 7) %% 5],
+                   jsonb_build_object('n', g, 'note', repeat('x', g %% 40)),
+                   now() - make_interval(secs => %s * 3600.0)
+                         - make_interval(secs => %s * 3600.0 * g / %s)
+            FROM generate_series(%s + 1, %s + %s) g
+            """,
+            (offset_hours, hours, max(n, 1) + start, start, start, n),
+        )
+
+
+def source_sum(dsn: str, where: str = "") -> tuple[int, str]:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(_SOURCE_SUM.format(where=where)).fetchone()  # type: ignore[arg-type]
+        assert row is not None
+        return int(row[0]), str(row[1])
+
+
+def target_sum(dsn: str) -> tuple[int, str]:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(_TARGET_SUM).fetchone()
+        assert row is not None
+        return int(row[0]), str(row[1])
+
+
+def rollup_mismatches(dsn: str) -> list[Any]:
+    """Rows where audit_logs_1m differs from a GROUP BY over audit_logs_ts (empty = equal)."""
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            """
+            WITH truth AS (
+                SELECT date_trunc('minute', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+                       AS bucket, action, severity, count(*) AS events
+                FROM audit_logs_ts GROUP BY 1, 2, 3
+            )
+            SELECT coalesce(t.bucket, r.bucket), coalesce(t.action, r.action),
+                   coalesce(t.severity, r.severity), t.events, r.events
+            FROM truth t FULL JOIN audit_logs_1m r
+              ON (t.bucket, t.action, t.severity) = (r.bucket, r.action, r.severity)
+            WHERE t.events IS DISTINCT FROM r.events
+            """
+        ).fetchall()
+
+
+def publish_rows(redis_url: str, namespace: str, dsn: str, where: str = "") -> int:
+    """Publish the source rows as `audit_logs` insert events, the way the notifier does."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            f"SELECT id, to_jsonb(a)::text FROM audit_logs a {where} ORDER BY id"  # noqa: S608
+        ).fetchall()
+    frags = [
+        (None, event_fragment_raw("insert", str(i), j, "2026-01-01T00:00:00Z")) for i, j in rows
+    ]
+    publish_fragments(redis_url, namespace, frags)
+    return len(rows)
+
+
+def publish_fragments(
+    redis_url: str, namespace: str, frags: list[tuple[int | None, bytes]], topic: str = "audit_logs"
+) -> None:
+    import asyncio
+
+    from bridge_common.redis import EventPublisher
+    from redis.asyncio import Redis
+
+    async def go() -> None:
+        client = Redis.from_url(redis_url)
+        try:
+            pub = EventPublisher(client, Channels(namespace))
+            for i in range(0, len(frags), 500):
+                await pub.publish(topic, frags[i : i + 500])
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
+def event_of(row: dict[str, Any]) -> tuple[None, bytes]:
+    return (None, event_fragment_raw("insert", str(row.get("id")), json.dumps(row), "t"))
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def wait_converged(dsn: str, timeout: float = 45.0) -> tuple[int, str]:
+    want = source_sum(dsn)
+    wait_for(lambda: target_sum(dsn)[0] >= want[0], timeout, f"{want[0]} rows in target")
+    return want
+
+
+def rows_inserted(url: str) -> float:
+    """Sum of `bridge_etl_rows_total` on a worker's /metrics."""
+    total = 0.0
+    for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith("bridge_etl_rows_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def dead_letters(redis_url: str, namespace: str) -> list[dict[str, str]]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return [f for _, f in client.xrange(Channels(namespace).etl_dead_letter)]
+    finally:
+        client.close()

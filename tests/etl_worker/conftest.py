@@ -1,0 +1,38 @@
+"""Per-test reset of the module's database and namespace, and the worker's environment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import redis
+from bridge_common.channels import Channels
+
+
+@pytest.fixture
+def etl_env(bridge_env: dict[str, str]) -> dict[str, str]:
+    """Worker settings tuned for tests: short polls, quick claims."""
+    return {
+        **bridge_env,
+        "BRIDGE_ETL_POLL_INTERVAL": "0.2",
+        "BRIDGE_ETL_SETTLE_GRACE": "0.2",
+        "BRIDGE_ETL_CLAIM_IDLE": "1",
+        "BRIDGE_ETL_CLAIM_INTERVAL": "0.5",
+        "BRIDGE_SHUTDOWN_TIMEOUT": "5",
+    }
+
+
+@pytest.fixture
+def clean(migrated_dsn: str, redis_url: str, namespace: str) -> Iterator[str]:
+    """An empty source and target, an empty stream and dead-letter stream; yields the DSN."""
+    with psycopg.connect(migrated_dsn, autocommit=True) as conn:
+        conn.execute(
+            "TRUNCATE audit_logs, bridge.outbox, audit_logs_ts, audit_logs_1m,"
+            " bridge.etl_state, bridge.etl_rejects RESTART IDENTITY"
+        )
+    ch = Channels(namespace)
+    client = redis.Redis.from_url(redis_url)
+    client.delete(ch.stream("audit_logs"), ch.dedupe("audit_logs"), ch.etl_dead_letter)
+    client.close()
+    yield migrated_dsn
