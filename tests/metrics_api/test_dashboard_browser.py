@@ -70,8 +70,9 @@ def dashboard(api_env, tmp_path_factory, db, r, namespace) -> Iterator[ServicePr
         namespace,
         [
             heartbeat("gateway", "gateway-a", {"connections": 41}),
-            heartbeat("notifier", "notifier-a", {"lag_seconds": 0.12, "outbox_backlog": 0,
-                                                 "leader": True}),
+            heartbeat(
+                "notifier", "notifier-a", {"lag_seconds": 0.12, "outbox_backlog": 0, "leader": True}
+            ),
             heartbeat("etl", "etl-a", {"lag_seconds": 0.8}),
             heartbeat("etl", "etl-b", {"lag_seconds": 0.5}, age=300, interval=1),
         ],
@@ -103,12 +104,22 @@ def page(browser: Browser) -> Iterator[tuple[Page, list[str]]]:
     context = browser.new_context(viewport={"width": 1440, "height": 1000})
     p = context.new_page()
     problems: list[str] = []
-    p.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
-         if m.type in ("error", "warning") else None)
+    p.on(
+        "console",
+        lambda m: (
+            problems.append(f"console {m.type}: {m.text}")
+            if m.type in ("error", "warning")
+            else None
+        ),
+    )
     p.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     p.on("requestfailed", lambda req: problems.append(f"request failed: {req.url}"))
-    p.on("response", lambda resp: problems.append(f"HTTP {resp.status}: {resp.url}")
-         if resp.status >= 400 else None)
+    p.on(
+        "response",
+        lambda resp: (
+            problems.append(f"HTTP {resp.status}: {resp.url}") if resp.status >= 400 else None
+        ),
+    )
     yield p, problems
     context.close()
 
