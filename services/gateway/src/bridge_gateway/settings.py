@@ -31,10 +31,10 @@ class Settings(BridgeSettings):
     )
     #: sustained client messages per second, and the burst allowed above it
     rate_limit: float = Field(
-        default=20.0, gt=0, le=100_000, validation_alias="BRIDGE_GATEWAY_RATE_LIMIT"
+        default=50.0, gt=0, le=100_000, validation_alias="BRIDGE_GATEWAY_RATE_LIMIT"
     )
     rate_burst: int = Field(
-        default=50, ge=1, le=1_000_000, validation_alias="BRIDGE_GATEWAY_RATE_BURST"
+        default=200, ge=1, le=1_000_000, validation_alias="BRIDGE_GATEWAY_RATE_BURST"
     )
     #: outgoing buffer per connection; a client that falls further behind is cut off
     send_buffer_messages: int = Field(

@@ -179,7 +179,7 @@ class EventStream(Response):
 
     async def _pump(self, client: Client, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        await send({"type": "http.response.body", "body": b"retry: 1000\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b": connected\n\n", "more_body": True})
         beat = self.gw.settings.sse_heartbeat
         try:
             while True:

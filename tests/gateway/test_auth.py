@@ -1,0 +1,128 @@
+"""Auth: JWT HS256 before any upgrade, per-topic `forbidden`, origins, start-up checks."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import websockets
+
+from tests.gateway.conftest import SECRET, connect, recv_json, subscribe, token
+
+
+def _b64(obj: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+
+def _alg_none_token() -> str:
+    claims = {"sub": "evil", "exp": int(time.time()) + 600, "topics": ["*"]}
+    return f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(claims)}."
+
+
+BAD_TOKENS = {
+    "missing": None,
+    "garbage": "not-a-jwt",
+    "expired": token(["*"], ttl=-60),
+    "wrong secret": token(
+        ["*"], secret="another-secret-another-secret-another-secret-another-secret-x"
+    ),
+    "alg none": _alg_none_token(),
+    "other algorithm": token(["*"], alg="HS512"),
+    "no topics claim": token(None),
+    "no exp": None,  # built below (PyJWT needs the claim left out)
+}
+
+
+def _no_exp_token() -> str:
+    import jwt
+
+    return jwt.encode({"sub": "x", "topics": ["*"]}, SECRET, algorithm="HS256")
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TOKENS))
+async def test_bad_tokens_get_401_before_upgrade(gateway, case) -> None:
+    tok = _no_exp_token() if case == "no exp" else BAD_TOKENS[case]
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await connect(gateway, tok=tok)
+    assert info.value.response.status_code == 401
+    body = json.loads(info.value.response.body)
+    assert body["code"] == "unauthorized" and body["message"]
+    # the same token in the query string, and over SSE
+    params = {"token": tok} if tok else {}
+    async with httpx.AsyncClient(timeout=10) as http:
+        resp = await http.get(gateway.url + "/events/intents", params=params)
+    assert resp.status_code == 401 and resp.json()["code"] == "unauthorized"
+
+
+async def test_token_in_query_and_forbidden_topics(gateway, inject) -> None:
+    path = "/ws?token=" + token(["intents"])
+    async with await connect(gateway, path) as ws:
+        [msg] = await subscribe(ws, "audit_logs")
+        assert msg == {
+            "type": "error",
+            "code": "forbidden",
+            "message": "token does not allow topic 'audit_logs'",
+            "topic": "audit_logs",
+        }
+        assert (await subscribe(ws, "intents"))[-1] == {
+            "type": "subscribed",
+            "topic": "intents",
+            "recovered": False,
+        }
+
+
+def _run_gateway(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    full.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "bridge_gateway"],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_refuses_to_start_without_secret(gw_env) -> None:
+    env = {k: v for k, v in gw_env.items() if k not in ("BRIDGE_JWT_SECRET", "BRIDGE_AUTH")}
+    result = _run_gateway(env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "BRIDGE_JWT_SECRET" in lines[0]
+
+
+def test_bad_setting_is_one_line(gw_env) -> None:
+    result = _run_gateway({**gw_env, "BRIDGE_GATEWAY_MAX_SUBSCRIPTIONS": "0"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "BRIDGE_GATEWAY_MAX_SUBSCRIPTIONS" in lines[0]
+
+
+async def test_auth_disabled_and_origin_allow_list(spawn, gw_env, inject) -> None:
+    env = {
+        **gw_env,
+        "BRIDGE_AUTH": "disabled",
+        "BRIDGE_GATEWAY_ALLOWED_ORIGINS": "https://app.example.com, https://ops.example.com/",
+    }
+    env.pop("BRIDGE_JWT_SECRET")
+    proc = spawn("gateway", env)
+    # no token needed; non-browser clients send no Origin
+    async with await connect(proc) as ws:
+        assert (await subscribe(ws, "intents"))[-1]["type"] == "subscribed"
+    async with await connect(proc, origin="https://ops.example.com") as ws:
+        await ws.send('{"type":"ping"}')
+        assert await recv_json(ws) == {"type": "pong"}
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await connect(proc, origin="https://evil.example.net")
+    assert info.value.response.status_code == 403
+    async with httpx.AsyncClient(timeout=10) as http:
+        bad = await http.get(
+            proc.url + "/events/intents", headers={"Origin": "https://evil.example.net"}
+        )
+        assert bad.status_code == 403
