@@ -19,6 +19,8 @@ _SEVERITY_PROPS: dict[str, Any] = {s: _INT for s in params.SEVERITIES}
 _SEVERITY_COUNTS = {"type": "object", "properties": _SEVERITY_PROPS}
 _WINDOW = {
     "type": "object",
+    "description": "`events`, `errors` (error + critical), `error_rate` (errors / events, 0 "
+    "when none), `by_severity`",
     "properties": {
         "events": _INT,
         "errors": {**_INT, "description": "severity error or critical"},
@@ -60,11 +62,16 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "description": "Each part is null when its source did not answer; `errors` says why.",
         "properties": {
-            "ts": _TIME,
+            "ts": {**_TIME, "description": "when the figures were taken"},
             "intents": {
                 "type": ["object", "null"],
+                "description": "from the source database's `intents` table",
                 "properties": {
-                    "by_status": {"type": "object", "additionalProperties": _INT},
+                    "by_status": {
+                        "type": "object",
+                        "additionalProperties": _INT,
+                        "description": "status → count (50 largest; the rest under `other`)",
+                    },
                     "total": _INT,
                     "failed_5m": {
                         **_INT,
@@ -77,39 +84,78 @@ SCHEMAS: dict[str, Any] = {
                 "description": "windows 5m, 1h, 24h ending now",
                 "properties": {"5m": _WINDOW, "1h": _WINDOW, "24h": _WINDOW},
             },
-            "corrections": {"type": ["object", "null"], "properties": {"count_1h": _INT}},
+            "corrections": {
+                "type": ["object", "null"],
+                "properties": {
+                    "count_1h": {**_INT, "description": "`intent.corrected` in the last hour"}
+                },
+            },
             "gateway": {
                 "type": ["object", "null"],
                 "properties": {
                     "connections": {**_INT, "description": "sum over every live gateway"},
-                    "instances": _INT,
+                    "instances": {**_INT, "description": "gateways whose heartbeat is fresh"},
                 },
             },
             "notifier": {
                 "type": ["object", "null"],
                 "properties": {
-                    "lag_seconds": _NULLABLE_NUM,
-                    "outbox_backlog": _NULLABLE_NUM,
-                    "leader": {"type": ["string", "null"]},
+                    "lag_seconds": {
+                        **_NULLABLE_NUM,
+                        "description": "the leader's relay lag; null when no notifier is up",
+                    },
+                    "outbox_backlog": {**_NULLABLE_NUM, "description": "outbox rows not relayed"},
+                    "leader": {"type": ["string", "null"], "description": "leader instance"},
                 },
             },
-            "etl": {"type": ["object", "null"], "properties": {"lag_seconds": _NULLABLE_NUM}},
-            "services": {"type": ["object", "null"], "properties": {"up": _INT, "down": _INT}},
+            "etl": {
+                "type": ["object", "null"],
+                "properties": {
+                    "lag_seconds": {
+                        **_NULLABLE_NUM,
+                        "description": "largest over ETL workers that are up; null when none",
+                    }
+                },
+            },
+            "services": {
+                "type": ["object", "null"],
+                "properties": {
+                    "up": _INT,
+                    "down": {**_INT, "description": "instances that missed 3 heartbeats"},
+                },
+            },
             "alerts": {
                 "type": ["object", "null"],
-                "properties": {"firing": {"type": "array", "items": _ALERT}, "count": _INT},
+                "description": "from the alerter's state in Redis",
+                "properties": {
+                    "firing": {
+                        "type": "array",
+                        "items": _ALERT,
+                        "description": "`fingerprint`, `rule`, `severity`, `value`, `threshold`, "
+                        "`summary`, `started_at`; most severe first",
+                    },
+                    "count": _INT,
+                },
             },
-            "errors": {"type": "object", "additionalProperties": {"type": "string"}},
+            "errors": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "part → why it is null (a source that did not answer)",
+            },
         },
     },
     "Timeline": {
         "type": "object",
         "properties": {
             "bucket": {"type": "string"},
-            "since": _TIME,
+            "since": {**_TIME, "description": "the range asked for, in UTC"},
             "until": _TIME,
-            "action": {"type": ["string", "null"]},
-            "severities": {"type": "array", "items": {"type": "string"}},
+            "action": {"type": ["string", "null"], "description": "the action filter, if any"},
+            "severities": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "the severities counted (all five unless filtered)",
+            },
             "points": {
                 "type": "array",
                 "description": "every bucket from the one holding `since` to `until`, zeros "
@@ -119,7 +165,11 @@ SCHEMAS: dict[str, Any] = {
                     "properties": {"t": _TIME, "total": _INT, **_SEVERITY_PROPS},
                 },
             },
-            "totals": {"type": "object", "additionalProperties": _INT},
+            "totals": {
+                "type": "object",
+                "additionalProperties": _INT,
+                "description": "per severity and `total` over the range",
+            },
         },
     },
     "Corrections": {
@@ -127,15 +177,17 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "since": _TIME,
             "until": _TIME,
-            "total": _INT,
+            "total": {**_INT, "description": "corrections in the range"},
             "limit": _INT,
             "per_hour": {
                 "type": "array",
+                "description": "every UTC hour of the range with its count",
                 "items": {"type": "object", "properties": {"t": _TIME, "count": _INT}},
             },
             "latest": {
                 "type": "array",
-                "description": "newest first",
+                "description": "newest first: `source_id`, `created_at`, `intent_id`, `actor`, "
+                "`severity`, `details`",
                 "items": {
                     "type": "object",
                     "properties": {
@@ -156,7 +208,13 @@ SCHEMAS: dict[str, Any] = {
             "ts": _TIME,
             "up": _INT,
             "down": _INT,
-            "services": {"type": "array", "items": _INSTANCE},
+            "services": {
+                "type": "array",
+                "items": _INSTANCE,
+                "description": "`service`, `instance`, `state` (up/down), `last_heartbeat`, "
+                "`age_seconds`, `interval_seconds`, `started_at`, `uptime_seconds`, "
+                "`version`, `status` (what it reports)",
+            },
         },
     },
     "InvalidParameter": {
