@@ -11,7 +11,7 @@ import jwt
 
 from .processes import ServiceProcess
 
-JWT_SECRET = "e2e-secret-that-is-long-enough-for-hs256"  # noqa: S105 - test-only key
+JWT_SECRET = "e2e-secret-" + "k" * 60  # noqa: S105 - test-only key
 
 
 def make_token(
