@@ -28,7 +28,7 @@ migrate *ARGS:
 # bring the whole suite up on this machine, with demo traffic (Ctrl-C stops it all)
 up *ARGS:
     uv sync --inexact --quiet
-    uv run bridge-up {{ARGS}}
+    exec uv run bridge-up {{ARGS}}
 
 # write realistic demo traffic (intents, audit logs, errors, corrections) into the source DB
 demo *ARGS:
