@@ -38,7 +38,8 @@ def insert_rows(
             INSERT INTO audit_logs (intent_id, actor, action, severity, details, created_at)
             SELECT CASE WHEN g %% 3 = 0 THEN gen_random_uuid() END,
                    'user-' || (g %% 17),
-                   (ARRAY['intent.created','intent.updated','intent.corrected','login'])[1 + g %% 4],
+                   (ARRAY['intent.created', 'intent.updated', 'intent.corrected', 'login'])
+                       [1 + g %% 4],
                    (ARRAY['debug','info','warning','error','critical'])[1 + (g / 7) %% 5],
                    jsonb_build_object('n', g, 'note', repeat('x', g %% 40)),
                    now() - make_interval(secs => %s * 3600.0)

@@ -27,7 +27,7 @@ WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
 SELECT time_bucket(INTERVAL '1 minute', created_at) AS bucket,
        action,
        severity,
-       count(*)::bigint AS events
+       count(*) AS events  -- bigint, as the plain path's rollup column
 FROM audit_logs_ts
 GROUP BY 1, 2, 3
 WITH NO DATA;
