@@ -50,16 +50,21 @@ class Outbox:
         row = await cur.fetchone()
         self.commit_ts = bool(row and row[0])
         ts = _TS_COMMIT if self.commit_ts else _TS_INSERT
+        # One round trip prunes the previous batch (already in Redis) and reads the next;
+        # the SELECT sees the snapshot from before the DELETE, hence the exclusion.
         self._select = sql.SQL(
+            "WITH pruned AS (DELETE FROM bridge.outbox WHERE seq = ANY(%(prune)s::bigint[])) "
             "SELECT seq, topic, op, key, payload::text, "
             "to_char(({ts}) AT TIME ZONE 'UTC', {iso}) "
-            "FROM bridge.outbox ORDER BY seq LIMIT %s"
+            "FROM bridge.outbox WHERE seq <> ALL(%(prune)s::bigint[]) "
+            "ORDER BY seq LIMIT %(limit)s"
         ).format(ts=sql.SQL(ts), iso=sql.SQL(_ISO))
 
-    async def fetch(self, limit: int) -> list[OutboxRow]:
-        """The `limit` lowest-seq committed rows, in seq order."""
+    async def fetch(self, limit: int, prune: list[int]) -> list[OutboxRow]:
+        """Delete the `prune` rows (Redis holds them), then return the `limit` lowest-seq
+        committed rows, in seq order. Both happen in one statement, so atomically."""
         assert self._select is not None, "setup() first"
-        cur = await self.conn.execute(self._select, (limit,))
+        cur = await self.conn.execute(self._select, {"prune": prune, "limit": limit})
         return [OutboxRow(*r) for r in await cur.fetchall()]
 
     async def delete(self, seqs: list[int]) -> int:
@@ -71,12 +76,15 @@ class Outbox:
         )
         return cur.rowcount
 
-    async def stats(self) -> OutboxStats:
-        """Rows waiting, and the age of the oldest one (0 when empty)."""
+    async def stats(self, published: list[int]) -> OutboxStats:
+        """Rows waiting, and the age of the oldest one (0 when empty), not counting the
+        `published` rows that wait only for their prune."""
         cur = await self.conn.execute(
             "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - "
-            "(SELECT created_at FROM bridge.outbox ORDER BY seq LIMIT 1)), 0)::float8 "
-            "FROM bridge.outbox"
+            "(SELECT created_at FROM bridge.outbox WHERE seq <> ALL(%(p)s::bigint[]) "
+            "ORDER BY seq LIMIT 1)), 0)::float8 "
+            "FROM bridge.outbox WHERE seq <> ALL(%(p)s::bigint[])",
+            {"p": published},
         )
         row = await cur.fetchone()
         assert row is not None

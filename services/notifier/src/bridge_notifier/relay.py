@@ -95,6 +95,8 @@ class Relay:
         self.conninfo = relay_conninfo(settings.source_dsn)
         self._next_stats = 0.0
         self._next_topics = 0.0
+        #: seqs of the last published batch: in Redis, pruned by the next fetch
+        self._published: list[int] = []
 
     # -- lifecycle ------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -169,18 +171,26 @@ class Relay:
                 # a wake-up NOTIFY, or the fallback poll
                 async for _ in conn.notifies(timeout=self.settings.poll_interval, stop_after=1):
                     pass
+        if self._published:
+            await outbox.delete(self._published)
+            self._published = []
 
     # -- the relay ------------------------------------------------------------------------
     async def _drain(self, outbox: Outbox, stop: asyncio.Event) -> bool:
-        """Relay batches until a short one; True when caught up, False when stopped."""
+        """Relay batches until a short one; True when caught up, False when stopped.
+
+        A batch is pruned by the fetch of the next one (one round trip per batch); the
+        last batch before a wait is pruned on the next wake-up or poll, or on shutdown.
+        """
         limit = self.settings.batch_size
         while not stop.is_set():
             started = time.perf_counter()
-            rows = await outbox.fetch(limit)
+            rows = await outbox.fetch(limit, prune=self._published)
+            self._published = []
             if not rows:
                 return True
             await self._publish(rows)
-            await outbox.delete([r.seq for r in rows])
+            self._published = [r.seq for r in rows]
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
             log.debug("outbox.published", count=len(rows), last_seq=rows[-1].seq)
             if len(rows) < limit:
@@ -219,7 +229,7 @@ class Relay:
         if now < self._next_stats:
             return
         self._next_stats = now + self.settings.stats_interval
-        stats = await outbox.stats()
+        stats = await outbox.stats(self._published)
         self.metrics.set_stats(stats.backlog, stats.lag_seconds)
 
     async def _topics_if_due(self, outbox: Outbox) -> None:

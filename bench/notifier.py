@@ -1,0 +1,332 @@
+"""How fast the notifier relays, and what latency it adds — beside the raw INSERT rate.
+
+`just bench notifier [--rows=N] [--rate=R] [--seconds=S] [--no-write]`. One run, on a
+scratch database and Redis namespace:
+
+1. reference: the raw rate of INSERT into `bridge.outbox` (multi-row statements, one
+   commit per 1000 rows), and of INSERT into a watched table (capture trigger → outbox);
+2. relay rate: pre-fill the outbox with N rows (notifier stopped), start `bridge-notifier`
+   and time the drain, from the first to the last stream entry (Redis stamps the ids);
+3. latency: one row per transaction at R rows/s for S seconds; for each row, commit
+   acknowledged → its event arriving on the topic's live channel; beside the floor of the
+   same path without the notifier (a Redis PUBLISH from the writer to the same subscriber).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+import redis
+import redis.asyncio as aredis
+from bridge_common import migrate
+from bridge_common.channels import Channels
+from bridge_common.events import decode_event
+
+from bench.report import write_section
+
+ADMIN_DSN = os.environ.get("BRIDGE_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("BRIDGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PAYLOAD = "x" * 200  # a ~300-byte row, like an intent
+
+
+def _with_db(dsn: str, name: str) -> str:
+    base, _, _ = dsn.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def _setup(dsn: str) -> None:
+    await migrate.apply(dsn, "source")
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(
+            "CREATE TABLE bench_events (id bigint PRIMARY KEY, title text NOT NULL,"
+            " status text NOT NULL, payload jsonb NOT NULL)"
+        )
+        await conn.execute("SELECT bridge.watch('bench_events')")
+
+
+async def _insert_rate(dsn: str, rows: int, direct: bool, start_id: int) -> float:
+    """Rows/s of multi-row INSERTs (1000 a statement, one commit each)."""
+    if direct:
+        stmt = (
+            "INSERT INTO bridge.outbox (topic, op, key, payload) SELECT 'raw', 'insert', g::text,"
+            " jsonb_build_object('id', g, 'title', 'row ' || g, 'status', 'pending',"
+            " 'payload', jsonb_build_object('note', %s::text))"
+            " FROM generate_series(%s::bigint, %s::bigint) g"
+        )
+    else:
+        stmt = (
+            "INSERT INTO bench_events (id, title, status, payload) SELECT g, 'row ' || g,"
+            " 'pending', jsonb_build_object('note', %s::text)"
+            " FROM generate_series(%s::bigint, %s::bigint) g"
+        )
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        t0 = time.perf_counter()
+        done = 0
+        while done < rows:
+            n = min(1000, rows - done)
+            lo = start_id + done
+            await conn.execute(stmt, (PAYLOAD, lo, lo + n - 1))
+            await conn.commit()
+            done += n
+        return rows / (time.perf_counter() - t0)
+
+
+class Notifier:
+    """`bridge-notifier` as a subprocess, as operators run it."""
+
+    def __init__(self, dsn: str, namespace: str, workdir: Path, maxlen: int) -> None:
+        self.port = _free_port()
+        self.log = open(workdir / "notifier.log", "ab")  # noqa: SIM115
+        env = {
+            **os.environ,
+            "BRIDGE_SOURCE_DSN": dsn,
+            "BRIDGE_REDIS_URL": REDIS_URL,
+            "BRIDGE_NAMESPACE": namespace,
+            "BRIDGE_NOTIFIER_PORT": str(self.port),
+            "BRIDGE_HOST": "127.0.0.1",
+            "BRIDGE_LOG_LEVEL": "warning",
+            "BRIDGE_STREAM_MAXLEN": str(maxlen),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge_notifier"], env=env, stdout=self.log, stderr=self.log
+        )
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("notifier not ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _id_ms(stream_id: bytes) -> int:
+    return int(stream_id.split(b"-")[0])
+
+
+async def _relay_rate(r: aredis.Redis, ch: Channels, dsn: str, rows: int, work: Path) -> float:
+    """Pre-filled outbox of `rows`; events/s from the first to the last stream entry."""
+    key = ch.stream("bench_events")
+    notifier = Notifier(dsn, ch.namespace, work, maxlen=rows * 2)
+    try:
+        deadline = time.monotonic() + 300
+        while await r.xlen(key) < rows:
+            if time.monotonic() > deadline or notifier.proc.poll() is not None:
+                raise RuntimeError(f"relay stalled at {await r.xlen(key)} of {rows}")
+            await asyncio.sleep(0.05)
+    finally:
+        notifier.stop()
+    [(first, _)] = await r.xrange(key, count=1)
+    [(last, _)] = await r.xrevrange(key, count=1)
+    span = max(1, _id_ms(last) - _id_ms(first)) / 1000
+    return rows / span
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def _paced(rate: float, seconds: float, fn) -> None:  # noqa: ANN001
+    """Call `fn(i)` `rate` times a second for `seconds` (catching up if it falls behind)."""
+    n = int(rate * seconds)
+    t0 = time.perf_counter()
+    for i in range(n):
+        delay = t0 + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await fn(i)
+
+
+async def _latency(
+    r: aredis.Redis, ch: Channels, dsn: str, rate: float, seconds: float, work: Path
+) -> tuple[list[float], list[float]]:
+    """(notifier latencies, floor latencies) in ms."""
+    arrived: dict[str, float] = {}
+    committed: dict[str, float] = {}
+    # The subscriber runs in its own thread with its own connection, so the writer's event
+    # loop never delays an arrival stamp (perf_counter is one clock for both threads).
+    sub = redis.Redis.from_url(REDIS_URL)
+    pubsub = sub.pubsub()
+    pubsub.subscribe(ch.live("bench_events"), ch.live("bench_floor"))
+    done = threading.Event()
+
+    def listen() -> None:
+        while not done.is_set():
+            msg = pubsub.get_message(timeout=0.2)
+            if msg is None or msg["type"] != "message":
+                continue
+            now = time.perf_counter()
+            data = msg["data"]
+            if data.startswith(b"floor:"):
+                arrived[data.decode()] = now
+            else:
+                arrived[decode_event(data).key] = now
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    notifier = Notifier(dsn, ch.namespace, work, maxlen=100_000)
+    try:
+        await asyncio.to_thread(notifier.wait_ready)
+        await asyncio.sleep(1.0)
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            base = 10_000_000_000
+
+            async def write(i: int) -> None:
+                await conn.execute(
+                    "INSERT INTO bench_events (id, title, status, payload)"
+                    " VALUES (%s, 'latency', 'pending', '{}')",
+                    (base + i,),
+                )
+                committed[str(base + i)] = time.perf_counter()
+
+            await _paced(rate, seconds, write)
+
+            async def floor(i: int) -> None:
+                k = f"floor:{i}"
+                committed[k] = time.perf_counter()
+                await r.publish(ch.live("bench_floor"), k)
+
+            await _paced(rate, min(seconds, 5.0), floor)
+        deadline = time.monotonic() + 10
+        while len(arrived) < len(committed) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        notifier.stop()
+        done.set()
+        listener.join(5)
+        pubsub.close()
+        sub.close()
+    lost = [k for k in committed if k not in arrived]
+    if lost:
+        raise RuntimeError(f"{len(lost)} rows never arrived")
+    notif = [(arrived[k] - t) * 1000 for k, t in committed.items() if not k.startswith("floor:")]
+    flo = [(arrived[k] - t) * 1000 for k, t in committed.items() if k.startswith("floor:")]
+    return notif, flo
+
+
+async def run(args: argparse.Namespace) -> str:
+    name = f"bench_notifier_{uuid.uuid4().hex[:8]}"
+    async with await psycopg.AsyncConnection.connect(ADMIN_DSN, autocommit=True) as admin:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        cur = await admin.execute("SHOW track_commit_timestamp")
+        commit_ts = (await cur.fetchone() or ("off",))[0]
+    dsn = _with_db(ADMIN_DSN, name)
+    ch = Channels(name)
+    r = aredis.Redis.from_url(REDIS_URL)
+    try:
+        await _setup(dsn)
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            print(f"raw INSERT into bridge.outbox, {args.rows} rows ...", flush=True)
+            raw = await _insert_rate(dsn, args.rows, direct=True, start_id=0)
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                await conn.execute("TRUNCATE bridge.outbox")
+            print(f"INSERT into a watched table (pre-fill), {args.rows} rows ...", flush=True)
+            watched = await _insert_rate(dsn, args.rows, direct=False, start_id=0)
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                await conn.execute("VACUUM ANALYZE bridge.outbox")
+            print("relaying the pre-filled outbox ...", flush=True)
+            relay = await _relay_rate(r, ch, dsn, args.rows, work)
+            print(f"latency at {args.rate:g} rows/s for {args.seconds:g}s ...", flush=True)
+            lat, floor = await _latency(r, ch, dsn, args.rate, args.seconds, work)
+    finally:
+        for pattern in (f"{name}:*", f"{{{name}}}:*"):
+            keys = [k async for k in r.scan_iter(match=pattern, count=1000)]
+            if keys:
+                await r.delete(*keys)
+        await r.aclose()
+        async with await psycopg.AsyncConnection.connect(ADMIN_DSN, autocommit=True) as admin:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    p50, p99 = statistics.median(lat), _pct(lat, 0.99)
+    f50, f99 = statistics.median(floor), _pct(floor, 0.99)
+    rows = [
+        ("what", "result", "target"),
+        ("---", "---", "---"),
+        (
+            "raw `INSERT` into `bridge.outbox` (1000-row statements, commit each)",
+            f"{raw:,.0f} rows/s",
+            "reference",
+        ),
+        (
+            "`INSERT` into a watched table (capture trigger → outbox)",
+            f"{watched:,.0f} rows/s",
+            "reference",
+        ),
+        (
+            f"**relay from a pre-filled outbox** ({args.rows:,} rows → stream + live channel)",
+            f"**{relay:,.0f} events/s**",
+            "≥ 20 000",
+        ),
+        (
+            f"commit → live event at {args.rate:g} rows/s, p50 / p99 ({len(lat):,} rows)",
+            f"**{p50:.2f} / {p99:.2f} ms**",
+            "≤ 5 ms p99 added",
+        ),
+        ("floor: Redis PUBLISH → same subscriber, p50 / p99", f"{f50:.2f} / {f99:.2f} ms", "—"),
+    ]
+    table = "\n".join("| " + " | ".join(r) + " |" for r in rows)
+    return f"""## Notifier
+
+`just bench notifier --rows={args.rows} --rate={args.rate:g} --seconds={args.seconds:g}`
+(default size; the full-size run is `--rows=1000000 --seconds=60`). PostgreSQL 15 and
+Redis 7 on the same 2-core machine, shared with other work; `track_commit_timestamp =
+{commit_ts}`; batch size 1000; ~300-byte rows; one topic.
+
+{table}
+
+Latency is measured from the writer's commit acknowledgement to the subscriber receiving
+the event (both in the benchmark process, one clock), so it includes NOTIFY delivery, the
+outbox read, the publish script and pub/sub delivery. The relay rate is the span between
+the first and the last stream entry as stamped by Redis.
+"""
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench notifier")
+    parser.add_argument("--rows", type=int, default=200_000, help="pre-filled outbox rows")
+    parser.add_argument("--rate", type=float, default=1000.0, help="rows/s for the latency run")
+    parser.add_argument("--seconds", type=float, default=10.0, help="latency run length")
+    parser.add_argument("--no-write", action="store_true", help="print, do not record")
+    args = parser.parse_args(argv)
+    body = asyncio.run(run(args))
+    print(body)
+    if not args.no_write:
+        write_section("notifier", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
