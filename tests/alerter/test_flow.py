@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -129,12 +130,26 @@ def test_repeat_interval_while_firing_and_missing_metric_keeps_state(
     Path(alerter_env["BRIDGE_ALERT_RULES"]).write_text(rules_yaml(receiver.url, REPEAT))
     feed.set({"notifier.outbox_backlog": 500})
     proc = spawn("alerter", alerter_env)
-    receiver.wait(lambda: len(receiver.delivered("/hook")) >= 3, what="two repeats")
-    hooks = receiver.delivered("/hook")
+    # each notification's time is recorded in the state (snapshot time, so exact)
+    notified: list[str] = []
+    deadline = time.monotonic() + 15
+    while len(notified) < 3 and time.monotonic() < deadline:
+        for raw in r.hvals(Channels(ns).alert_state):
+            at = json.loads(raw)["last_notified_at"]
+            if at and at not in notified:
+                notified.append(at)
+        time.sleep(0.02)
+    times = [datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() for t in notified]
+    assert len(times) == 3
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(g >= 0.7 for g in gaps), gaps  # never before repeat_interval (700ms)
+    hooks = receiver.wait(
+        lambda: len(receiver.delivered("/hook")) >= 3 and receiver.delivered("/hook"),
+        what="two repeats",
+    )
     assert {h.json()["state"] for h in hooks} == {"firing"}
     assert len({h.json()["started_at"] for h in hooks}) == 1  # one incident
-    gaps = [b.at - a.at for a, b in zip(hooks, hooks[1:], strict=False)]
-    assert all(g >= 0.6 for g in gaps), gaps  # not before repeat_interval (700ms)
+    assert len({h.headers["x-bridge-delivery"] for h in hooks}) == len(hooks)
     # the metric disappears (no data): the alert keeps its state, nothing resolves
     feed.set({})
     n = len(receiver.delivered("/hook"))

@@ -66,6 +66,8 @@ class Evaluator:
         self._ruleset: RuleSet | None = None
         self._last_id: bytes | str = b"0-0"
         self._last_ts = 0.0
+        #: snapshots older than this (seconds) are not evaluated
+        self.stale_after = max(3 * settings.snapshot_interval, 30.0)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -119,6 +121,12 @@ class Evaluator:
     async def evaluate(self, snapshot: MetricsSnapshot) -> None:
         if snapshot.ts <= self._last_ts:
             return  # an old or replayed snapshot: its effects are already in the state
+        age = time.time() - snapshot.ts
+        if age > self.stale_after:
+            # e.g. the newest snapshot after a long metrics-API outage: figures that old
+            # must not fire or resolve anything
+            log.warning("snapshot.stale", age=round(age, 1), limit=self.stale_after)
+            return
         self._last_ts = snapshot.ts
         metrics.EVALUATIONS.inc()
         metrics.SNAPSHOT_AGE.set(max(0.0, time.time() - snapshot.ts))
