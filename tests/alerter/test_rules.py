@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import textwrap
+from pathlib import Path
 
 import pytest
 from bridge_alerter.durations import parse_duration
 from bridge_alerter.errors import RulesError
-from bridge_alerter.rules import parse_rules
+from bridge_alerter.rules import load_rules, parse_rules
 from bridge_alerter.template import render
 
 GOOD = """\
@@ -186,3 +187,16 @@ def test_template_substitutes_text_and_never_evaluates() -> None:
     assert render("{{ __import__('os') }} {{ value.__class__ }}", {"value": "1"}) == (
         "{{ __import__('os') }} {{ value.__class__ }}"
     )
+
+
+def test_shipped_rule_files_are_valid() -> None:
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T/B/X",
+        "BRIDGE_WEBHOOK_URL": "https://ops.example/hook",
+        "BRIDGE_WEBHOOK_SECRET": "x",
+    }
+    example = load_rules(root / "alerts.example.yaml", env=env)
+    assert {r.name for r in example.rules} >= {"audit_error_rate_high", "service_down"}
+    assert not example.warnings
+    assert load_rules(root / "deploy" / "alerts.yaml", env={}).rules
