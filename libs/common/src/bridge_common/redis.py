@@ -87,7 +87,10 @@ for i = 5, #ARGV, 2 do
   else
     local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'seq', seq, 'f', frag)
     if seq ~= '' then
-      redis.call('ZADD', KEYS[2], seq, seq)
+      -- scored by publish time (the id's ms), not by seq: the trim forgets what was
+      -- published longest ago, so a late-committing (low) seq is remembered as long as
+      -- any other and its replay after a crash is still dropped
+      redis.call('ZADD', KEYS[2], tonumber(string.match(id, '^%d+')), seq)
       added = true
     end
     redis.call(pub, KEYS[3], prefix .. id .. frag)
