@@ -190,6 +190,8 @@ def test_silence_add_list_expire(spawn, alerter_env, receiver, feed, r, ns) -> N
     assert hook.json()["state"] == "firing"
     assert silence_id not in cli("silence", "list", env=alerter_env).stdout
     assert silence_id in cli("silence", "list", "--all", env=alerter_env).stdout
+    res = cli("silence", "add", "--rule", "typo", "--for", "1m", env=alerter_env)
+    assert res.returncode == 0 and "has no rule 'typo'" in res.stderr
     assert cli("silence", "expire", "nosuch", env=alerter_env).returncode == 1
     assert cli("silence", "add", "--rule", "x", "--for", "later", env=alerter_env).returncode == 2
     assert proc.stop() == 0

@@ -188,3 +188,28 @@ def test_flapping_within_grace_is_one_incident(spawn, alerter_env, receiver, fee
     states = [h.json()["state"] for h in receiver.delivered("/hook")]
     assert states == ["firing", "resolved"]
     assert proc.stop() == 0
+
+
+def test_stale_snapshot_is_not_evaluated(spawn, alerter_env, receiver, r, ns, redis_url) -> None:
+    import asyncio
+
+    from bridge_common.events import MetricsSnapshot
+    from bridge_common.redis import create_redis
+    from bridge_common.settings import BridgeSettings
+    from bridge_common.snapshots import publish_snapshot
+
+    async def publish(ts: float, value: float) -> None:
+        client = create_redis(BridgeSettings(BRIDGE_REDIS_URL=redis_url))
+        snap = MetricsSnapshot(ts=ts, metrics={"gateway.connections": value})
+        await publish_snapshot(client, Channels(ns), snap)
+        await client.aclose()
+
+    Path(alerter_env["BRIDGE_ALERT_RULES"]).write_text(rules_yaml(receiver.url, FLAP))
+    asyncio.run(publish(time.time() - 3600, 99))  # the metrics API died an hour ago
+    proc = spawn("alerter", alerter_env)
+    wait_until(lambda: '"snapshot.stale"' in proc.logs(), what="stale snapshot skipped")
+    assert r.hlen(Channels(ns).alert_state) == 0 and not receiver.requests
+    asyncio.run(publish(time.time(), 99))  # fresh figures: evaluated
+    [hook] = receiver.wait(lambda: receiver.delivered("/hook"), what="fires on fresh data")
+    assert hook.json()["value"] == 99
+    assert proc.stop() == 0

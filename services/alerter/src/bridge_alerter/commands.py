@@ -88,6 +88,7 @@ def silence(settings: Settings, action: str, **opts: object) -> int:
         async with redis_client(settings) as client:
             store = SilenceStore(client, Channels(settings.namespace))
             if action == "add":
+                _warn_unknown_rule(settings.alert_rules, str(opts["rule"]))
                 seconds = parse_duration(opts["duration"])
                 if seconds <= 0:
                     raise ValueError("--for must be greater than zero")
@@ -124,3 +125,14 @@ def silence(settings: Settings, action: str, **opts: object) -> int:
     except ValueError as exc:
         print(f"alerter: {exc}", file=sys.stderr)
         return 2
+
+
+def _warn_unknown_rule(path: str, rule: str) -> None:
+    """Silencing a rule the local rules file does not have is allowed, but likely a typo."""
+    try:
+        ruleset = load_rules(path)
+    except RulesError:
+        return
+    if ruleset.rule(rule) is None:
+        names = ", ".join(r.name for r in ruleset.rules)
+        print(f"warning: {path} has no rule {rule!r} (rules: {names})", file=sys.stderr)
