@@ -9,8 +9,9 @@ so one slow reader never holds up anybody else; it reconnects and resumes with i
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,7 +41,7 @@ class Limits:
 class Delivery:
     """One event, encoded once; every transport's frame is built at most once."""
 
-    __slots__ = ("topic", "raw", "event_id", "_text", "_sse")
+    __slots__ = ("topic", "raw", "event_id", "_text", "_sse", "_frame")
 
     def __init__(self, topic: str, raw: bytes, event_id: bytes) -> None:
         self.topic = topic
@@ -48,6 +49,15 @@ class Delivery:
         self.event_id = event_id
         self._text: str | None = None
         self._sse: bytes | None = None
+        self._frame: bytes | None = None
+
+    @property
+    def ws_frame(self) -> bytes:
+        """The complete WebSocket text frame: identical for every client (server frames
+        are unmasked and uncompressed), so it is built once and written to all."""
+        if self._frame is None:
+            self._frame = ws_text_frame(self.raw)
+        return self._frame
 
     @property
     def text(self) -> str:
@@ -60,6 +70,18 @@ class Delivery:
         if self._sse is None:
             self._sse = sse_frame(self.raw, event=self.topic, event_id=self.event_id)
         return self._sse
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """A final, unmasked WebSocket text frame (RFC 6455 §5.2) carrying `payload`."""
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, n)
+    elif n < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + payload
 
 
 def sse_frame(data: bytes, *, event: str | None = None, event_id: bytes | None = None) -> bytes:
@@ -90,6 +112,8 @@ class Client:
         "flush_before_close",
         "events_left",
         "on_cut",
+        "sink",
+        "wait_writable",
         "_tokens",
         "_stamp",
     )
@@ -112,6 +136,11 @@ class Client:
         self.events_left: int | None = None
         #: called synchronously when the client is cut (transport closes right away)
         self.on_cut: Callable[[int, str], None] | None = None
+        #: write-through mode (WebSocket): writes a frame to the socket's transport and
+        #: returns its buffered bytes (-1 once closed); the transport buffer is then the
+        #: bounded outgoing buffer and no writer task is needed
+        self.sink: Callable[[bytes], int] | None = None
+        self.wait_writable: Callable[[], Awaitable[None]] | None = None
         self._tokens = float(limits.burst)
         self._stamp = asyncio.get_running_loop().time()
 
@@ -121,6 +150,13 @@ class Client:
         return self.close_code is not None
 
     # -- outgoing -----------------------------------------------------------------------
+    def _write(self, frame: bytes) -> None:
+        assert self.sink is not None
+        buffered = self.sink(frame)
+        if buffered > self.limits.max_bytes:
+            metrics.SLOW_DROPPED.inc()
+            self.cut(TRY_AGAIN_LATER, SLOW_REASON, reason_label="slow")
+
     def _append(self, frame: str | bytes) -> None:
         self._queue.append(frame)
         self._queued_bytes += len(frame)
@@ -147,13 +183,18 @@ class Client:
                 self._append(d.sse if self.transport == "sse" else d.text)
                 self.close(1000, "close_after reached", flush=True)
                 return
-        self._append(d.sse if self.transport == "sse" else d.text)
+        if self.sink is not None:
+            self._write(d.ws_frame)
+        else:
+            self._append(d.sse if self.transport == "sse" else d.text)
 
     def send_message(self, encoded: bytes, *, sse_event: str | None = None) -> None:
         """Queue a control message (subscribed, pong, error)."""
         if self.close_code is not None:
             return
-        if self.transport == "sse":
+        if self.sink is not None:
+            self._write(ws_text_frame(encoded))
+        elif self.transport == "sse":
             self._append(sse_frame(encoded, event=sse_event))
         else:
             self._append(encoded.decode())
@@ -165,6 +206,9 @@ class Client:
 
     async def wait_room(self) -> None:
         """Backpressure for replays: wait until the buffer is at most half full."""
+        if self.wait_writable is not None:
+            await self.wait_writable()
+            return
         while not self.room.is_set() and self.close_code is None:
             await self.room.wait()
 
@@ -200,6 +244,9 @@ class Client:
         self.flush_before_close = flush
         self.wakeup.set()
         self.room.set()
+        if self.sink is not None and self.on_cut is not None:
+            # write-through: what was sent is already ahead of the close frame
+            self.on_cut(code, reason)
 
     def cut(self, code: int, reason: str, *, reason_label: str = "policy") -> None:
         """Drop everything queued and close now (slow reader, flood, bad frames)."""

@@ -53,10 +53,14 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     await ws.accept()
     client = gw.open_client("ws", principal)
     ext: Any = ws.scope.get("extensions", {}).get(EXTENSION)
+    writer: asyncio.Task[None] | None = None
     if ext is not None:
         client.on_cut = ext["cut"]
+        client.sink = ext["write"]
+        client.wait_writable = ext["wait_writable"]
+    else:  # another ASGI server: a buffer and a writer task per connection
+        writer = asyncio.create_task(_write(ws, client))
     session = Session(gw, client)
-    writer = asyncio.create_task(_write(ws, client))
     try:
         if ws.url.path.rstrip("/").endswith("/ws/intents"):
             _auto_subscribe(session, ws)
@@ -75,15 +79,20 @@ async def websocket_endpoint(ws: WebSocket) -> None:
             session.handle_frame(frame)
     finally:
         await session.close()
-        if not writer.done():
-            if not client.closing:
-                client.close(1000, "", flush=False)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(writer), 1.0)
-            writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await writer
+        if writer is not None:
+            await _stop_writer(writer, client)
         gw.close_client(client)
+
+
+async def _stop_writer(writer: asyncio.Task[None], client: Client) -> None:
+    if not writer.done():
+        if not client.closing:
+            client.close(1000, "", flush=False)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(writer), 1.0)
+        writer.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await writer
 
 
 def _auto_subscribe(session: Session, ws: WebSocket) -> None:

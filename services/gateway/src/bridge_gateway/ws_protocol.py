@@ -25,7 +25,25 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         scope = cast(dict[str, Any] | None, getattr(self, "scope", None))
         if scope is not None:
-            scope.setdefault("extensions", {})[EXTENSION] = {"cut": self.cut}
+            scope.setdefault("extensions", {})[EXTENSION] = {
+                "cut": self.cut,
+                "write": self.write_frame,
+                "wait_writable": self.wait_writable,
+            }
+
+    def write_frame(self, frame: bytes) -> int:
+        """Write a complete, pre-encoded frame; return the transport's buffered bytes.
+
+        Frames are whole (never fragmented), so writing past the sans-I/O state machine is
+        safe as long as the connection is open; afterwards this is a no-op returning -1.
+        """
+        if self.close_sent or self.transport.is_closing() or not self.handshake_complete:
+            return -1
+        self.transport.write(frame)
+        return int(self.transport.get_write_buffer_size())
+
+    async def wait_writable(self) -> None:
+        await self.writable.wait()
 
     def cut(self, code: int, reason: str) -> None:
         if self.close_sent or self.transport.is_closing() or not self.handshake_complete:
