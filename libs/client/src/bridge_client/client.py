@@ -79,6 +79,8 @@ class ClientOptions:
     sse_read_timeout: float = 45.0
     #: consecutive 401/403 answers (each after asking `token_provider` again) before giving up
     max_auth_failures: int = 3
+    #: consecutive `bad_request` answers to one subscribe before it is given up
+    max_subscribe_retries: int = 5
     #: resume margin for a subscription that saw no event before its first disconnect
     clock_skew: float = 1.0
     max_subscriptions: int = 64

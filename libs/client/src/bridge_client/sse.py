@@ -83,6 +83,12 @@ class SSEStream:
             client.http(), "GET", url, params=filter_params(sub.filter), headers=headers
         ) as source:
             status = source.response.status_code
+            if status == 403:
+                await source.response.aread()
+                rejected = _rejection(source.response, sub.topic)
+                if rejected is not None and rejected.code == "forbidden":
+                    sub.fail(rejected)  # the token is fine, this topic is not in it
+                    return True
             if status in (401, 403):
                 self.auth_failures += 1
                 if (
@@ -103,41 +109,55 @@ class SSEStream:
             self.auth_failures = 0
             client.connections += 1
             self.schedule.connected()
-            sub.set_live(recovered=since is not None)
             try:
                 async for sse in source.aiter_sse():
-                    if await self._handle(sse.event, sse.data):
-                        return True
+                    outcome = await self._handle(sse.data)
+                    if outcome is not None:
+                        return outcome
             finally:
                 self.schedule.disconnected()
         return False
 
-    async def _handle(self, kind: str, data: str) -> bool:
+    async def _handle(self, data: str) -> bool | None:
+        """None: keep reading; False: reconnect; True: the subscription is over."""
         sub = self.sub
         if not data:
-            return False
+            return None
         try:
             msg = decode_server_message(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("bridge_client.sse.bad_frame topic=%s error=%s", sub.topic, exc)
-            return False
+            return None
         if isinstance(msg, Event):
-            if msg.topic == sub.topic and sub.is_new(msg):
-                await sub.put(msg)
+            try:
+                if msg.topic == sub.topic and sub.is_new(msg):
+                    await sub.put(msg)
+            except ValueError:
+                log.warning("bridge_client.bad_event_id topic=%s id=%r", msg.topic, msg.id)
+        elif isinstance(msg, Subscribed):
+            sub.set_live(msg.recovered)
         elif isinstance(msg, ErrorMessage):
             if msg.code == "history_lost":
                 await sub.put(HistoryLost(sub.topic, sub.sent_since, msg.message))
-            else:
-                sub.fail(SubscriptionRejected(msg.code, msg.message, sub.topic))
+                return None
+            rejected = SubscriptionRejected(msg.code, msg.message, sub.topic)
+            sub.failed_requests += 1
+            if (
+                msg.code != "bad_request"
+                or sub.failed_requests > self.client.options.max_subscribe_retries
+            ):
+                sub.fail(rejected)
                 return True
-        elif isinstance(msg, Subscribed):
-            sub.set_live(msg.recovered)
-        return False
+            log.warning(
+                "bridge_client.sse.subscribe_failed topic=%s message=%s", sub.topic, msg.message
+            )
+            return False  # `bad_request` may be Redis trouble under the gateway: retry
+        return None
 
 
 def _rejection(response: httpx.Response, topic: str) -> SubscriptionRejected | None:
     """A JSON error body with a protocol error code ends the subscription; others retry."""
-    if response.status_code >= 500 or response.status_code in (408, 429):
+    if response.status_code >= 500 or response.status_code in (401, 408, 429):
         return None
     try:
         body = response.json()

@@ -68,6 +68,10 @@ class Subscription:
         self._failure: BridgeClientError | None = None
         #: set when the queue overflowed: not re-subscribed until the caller drains it
         self.held = False
+        #: subscribe requests the gateway failed (`bad_request`) since the last success
+        self.failed_requests = 0
+        #: monotonic time before which the subscription is not requested again
+        self.not_before = 0.0
 
     # -- caller side -------------------------------------------------------------------
 
@@ -165,6 +169,7 @@ class Subscription:
         self.last_id = event.id
 
     def set_live(self, recovered: bool) -> None:
+        self.failed_requests = 0
         self.recovered = recovered
         self._live.set()
         self._notify()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -26,7 +27,7 @@ from bridge_common.events import (
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from .backoff import ReconnectSchedule
+from .backoff import ReconnectSchedule, backoff_delay
 from .errors import HistoryLost, SubscriptionRejected, Unauthorized
 from .subscription import Subscription
 
@@ -104,11 +105,13 @@ class WebSocketSession:
                 client.connections += 1
                 self.schedule.connected()
                 try:
-                    await self._serve(ws)
+                    overflowed = await self._serve(ws)
                 finally:
                     self.schedule.disconnected()
                     for sub in client.subscriptions:
                         sub.set_down()
+                if overflowed:
+                    continue  # our own doing, not the gateway's: no backoff
             delay = self.schedule.next_delay()
             log.info("bridge_client.ws.reconnect_in seconds=%.3f", delay)
             await asyncio.sleep(delay)
@@ -122,14 +125,17 @@ class WebSocketSession:
             return True
         return False
 
-    async def _serve(self, ws: ClientConnection) -> None:
+    async def _serve(self, ws: ClientConnection) -> bool:
+        """Serve one connection until it ends; True when a full queue ended it."""
         on_wire: dict[str, Subscription] = {}
         self.client._changed()
         writer = asyncio.create_task(self._write(ws, on_wire), name="bridge-client-ws-writer")
         try:
             await self._read(ws, on_wire, writer)
-        except _Overflow:
-            log.warning("bridge_client.ws.queue_full; reconnecting")
+        except _Overflow as exc:
+            log.info("bridge_client.ws.queue_full topic=%s; held until drained", exc)
+            ws.close_timeout = 0.1  # whatever is in flight is unwanted: don't wait for it
+            return True
         except ConnectionClosed as exc:
             log.info(
                 "bridge_client.ws.closed code=%s reason=%s",
@@ -141,13 +147,15 @@ class WebSocketSession:
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await writer
             await ws.close()
+        return False
 
     async def _write(self, ws: ClientConnection, on_wire: dict[str, Subscription]) -> None:
         """Make the connection's subscriptions match the caller's, whenever they change."""
         client = self.client
         while True:
             await client._wait_changed()
-            wanted = {s.topic: s for s in client.subscriptions if s.active}
+            now = time.monotonic()
+            wanted = {s.topic: s for s in client.subscriptions if s.active and s.not_before <= now}
             for topic, sub in list(on_wire.items()):
                 if wanted.get(topic) is not sub:
                     del on_wire[topic]
@@ -209,4 +217,23 @@ class WebSocketSession:
                 raise _Overflow(sub.topic)
             return
         del on_wire[sub.topic]
-        sub.fail(SubscriptionRejected(msg.code, msg.message, sub.topic))
+        rejected = SubscriptionRejected(msg.code, msg.message, sub.topic)
+        if msg.code != "bad_request":
+            sub.fail(rejected)
+            return
+        # `bad_request` is also what a gateway answers when Redis failed under the
+        # subscribe: retry on the backoff schedule, give up after a few in a row.
+        sub.failed_requests += 1
+        opts = self.client.options
+        if sub.failed_requests > opts.max_subscribe_retries:
+            sub.fail(rejected)
+            return
+        delay = backoff_delay(sub.failed_requests - 1, opts.backoff.base, opts.backoff.cap)
+        log.warning(
+            "bridge_client.ws.subscribe_failed topic=%s retry_in=%.3f message=%s",
+            sub.topic,
+            delay,
+            msg.message,
+        )
+        sub.not_before = time.monotonic() + delay
+        asyncio.get_running_loop().call_later(delay, self.client._changed)
