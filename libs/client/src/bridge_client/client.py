@@ -229,12 +229,18 @@ class BridgeClient:
         return self._token_provider is not None
 
     async def _token(self) -> str | None:
+        """The token for the next connection attempt; None when the provider failed
+        (the attempt then goes ahead without one and is answered 401, which is retried)."""
         if self._token_provider is None:
             return self._token_value
         self.token_requests += 1
-        result = self._token_provider()
-        if inspect.isawaitable(result):
-            result = await result
+        try:
+            result = self._token_provider()
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception:
+            log.exception("bridge_client.token_provider_failed")
+            return None
         return result
 
     # -- transports --------------------------------------------------------------------
@@ -255,6 +261,11 @@ class BridgeClient:
                 return
             except FallbackToSSE as exc:
                 log.warning("bridge_client.fallback_to_sse reason=%s", exc)
+            except Exception as exc:
+                # a bug, not a network condition: say so on every iterator rather than hang
+                log.exception("bridge_client.crashed")
+                self._fail_all(BridgeClientError(f"client connection loop failed: {exc!r}"))
+                return
         self.transport = "sse"
         for sub in list(self._subs.values()):
             self._start_sse(sub)

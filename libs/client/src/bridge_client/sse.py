@@ -17,7 +17,7 @@ from bridge_common.events import ErrorMessage, Event, Subscribed, decode_server_
 from httpx_sse import SSEError, aconnect_sse
 
 from .backoff import ReconnectSchedule
-from .errors import HistoryLost, SubscriptionRejected, Unauthorized
+from .errors import BridgeClientError, HistoryLost, SubscriptionRejected, Unauthorized
 from .subscription import Subscription
 
 if TYPE_CHECKING:
@@ -60,6 +60,10 @@ class SSEStream:
                     return
             except (httpx.HTTPError, SSEError, OSError) as exc:
                 log.info("bridge_client.sse.failed topic=%s error=%r", sub.topic, exc)
+            except Exception as exc:
+                log.exception("bridge_client.sse.crashed topic=%s", sub.topic)
+                sub.fail(BridgeClientError(f"event stream loop failed: {exc!r}"))
+                return
             finally:
                 sub.set_down()
             delay = self.schedule.next_delay()
