@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from . import audit, live, params
+from .cache import SettledBuckets, SingleFlight
 from .errors import InvalidParameter, MetricsApiError
 from .openapi import openapi_document
 from .overview import Sources, collect
@@ -59,8 +60,12 @@ def _names(request: Request) -> list[str]:
 class MetricsApi:
     """Route handlers over one set of sources."""
 
-    def __init__(self, sources: Sources) -> None:
+    def __init__(
+        self, sources: Sources, *, overview_ttl: float = 1.0, bucket_ttl: float = 30.0
+    ) -> None:
         self.src = sources
+        self.overview_cache: SingleFlight[dict[str, Any]] = SingleFlight(overview_ttl)
+        self.buckets = SettledBuckets(bucket_ttl)
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -89,12 +94,18 @@ class MetricsApi:
 
     async def overview(self, request: Request) -> Any:
         params.no_params(_names(request))
-        ov = await collect(self.src)
-        return ov.as_json()
+
+        async def compute() -> dict[str, Any]:
+            return (await collect(self.src)).as_json()
+
+        return await self.overview_cache.get(compute)
 
     async def timeline(self, request: Request) -> Any:
-        q = params.timeline_query(request.query_params, _names(request), datetime.now(UTC))
-        return await self.src.bounded("target database", audit.timeline(self.src.target_pool, q))
+        now = datetime.now(UTC)
+        q = params.timeline_query(request.query_params, _names(request), now)
+        return await self.src.bounded(
+            "target database", audit.timeline(self.src.target_pool, q, self.buckets, now)
+        )
 
     async def corrections(self, request: Request) -> Any:
         q = params.corrections_query(request.query_params, _names(request), datetime.now(UTC))

@@ -26,5 +26,13 @@ def create_app() -> Starlette:
 
 def add_routes(app: Starlette, settings: Settings, sources: Sources, svc: Service) -> None:
     app.router.routes.extend(
-        [*MetricsApi(sources).routes(), *Dashboard(settings).routes(), *svc.health_routes()]
+        [
+            *MetricsApi(
+                sources,
+                overview_ttl=settings.overview_cache_ttl,
+                bucket_ttl=settings.bucket_cache_ttl,
+            ).routes(),
+            *Dashboard(settings).routes(),
+            *svc.health_routes(),
+        ]
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from .cache import SettledBuckets
 from .params import ORIGIN, SEVERITIES, CorrectionsQuery, TimelineQuery
 
 CORRECTION_ACTION = "intent.corrected"
@@ -126,31 +127,58 @@ async def windows(pool: AsyncConnectionPool, now: datetime) -> AuditWindows:
     return AuditWindows(windows=out, corrections_1h=corrections)
 
 
-async def timeline(pool: AsyncConnectionPool, q: TimelineQuery) -> dict[str, Any]:
-    """Events per bucket split by severity, every bucket present (zeros where none)."""
-    sql = _TIMELINE_SQL[(q.action is not None, q.severities is not None)]
-    args: dict[str, Any] = {
-        "width": q.width,
-        "origin": ORIGIN,
-        "since": q.since,
-        "until": q.until,
-        "action": q.action,
-        "severities": q.severities,
-    }
-    async with pool.connection() as conn:
-        cur = await conn.execute(sql, args)
-        rows = await cur.fetchall()
+async def timeline(
+    pool: AsyncConnectionPool,
+    q: TimelineQuery,
+    cache: SettledBuckets | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Events per bucket split by severity, every bucket present (zeros where none).
+
+    Buckets that lie wholly inside the range and ended before the cache's settle horizon
+    come from `cache` when it has them; the database is asked only for the span from the
+    first bucket it lacks to `until` (usually the last few minutes).
+    """
+    now = now or datetime.now(UTC)
     severities = list(q.severities or SEVERITIES)
-    points: dict[datetime, dict[str, int]] = {
-        t: dict.fromkeys(severities, 0) for t in q.bucket_starts()
-    }
+    width = q.width
+    starts = q.bucket_starts()
+    key = (q.bucket, q.action, tuple(severities) if q.severities else None)
+    cacheable: set[datetime] = set()
+    cached: dict[datetime, dict[str, int]] = {}
+    if cache is not None and cache.enabled:
+        horizon = min(q.until, cache.settled_before(now))
+        cacheable = {t for t in starts if t >= q.since and t + width <= horizon}
+        cached = cache.lookup(key, sorted(cacheable))
+    missing = [t for t in starts if t not in cached]
+    points: dict[datetime, dict[str, int]] = {}
+    for t in starts:
+        points[t] = dict(cached[t]) if t in cached else dict.fromkeys(severities, 0)
+    if missing:
+        sql = _TIMELINE_SQL[(q.action is not None, q.severities is not None)]
+        wanted = set(missing)
+        async with pool.connection() as conn:
+            for lo, hi in _spans(missing, width, q.since, q.until):
+                args: dict[str, Any] = {
+                    "width": width,
+                    "origin": ORIGIN,
+                    "since": lo,
+                    "until": hi,
+                    "action": q.action,
+                    "severities": q.severities,
+                }
+                cur = await conn.execute(sql, args)
+                for t, severity, n in await cur.fetchall():
+                    point = points.get(t)
+                    if t not in wanted or point is None or severity not in point:
+                        continue  # cached already, or a severity outside the known five
+                    point[severity] += int(n)
+        if cache is not None:
+            cache.store(key, {t: points[t] for t in missing if t in cacheable})
     totals = dict.fromkeys(severities, 0)
-    for t, severity, n in rows:
-        point = points.get(t)
-        if point is None or severity not in point:
-            continue  # a severity outside the known five: not charted
-        point[severity] += int(n)
-        totals[severity] += int(n)
+    for counts in points.values():
+        for severity, n in counts.items():
+            totals[severity] += n
     return {
         "bucket": q.bucket,
         "since": iso(q.since),
@@ -162,6 +190,29 @@ async def timeline(pool: AsyncConnectionPool, q: TimelineQuery) -> dict[str, Any
         ],
         "totals": {**totals, "total": sum(totals.values())},
     }
+
+
+#: more runs of missing buckets than this are fetched as one span
+MAX_SPANS = 4
+
+
+def _spans(
+    missing: list[datetime], width: timedelta, since: datetime, until: datetime
+) -> list[tuple[datetime, datetime]]:
+    """Contiguous runs of missing buckets as [lo, hi) ranges clipped to [since, until).
+
+    Usually two: the partial first bucket and the last few minutes, between them the
+    cached history the database is not asked for again.
+    """
+    runs: list[list[datetime]] = []
+    for t in missing:
+        if runs and runs[-1][1] == t:
+            runs[-1][1] = t + width
+        else:
+            runs.append([t, t + width])
+    if len(runs) > MAX_SPANS:
+        runs = [[runs[0][0], runs[-1][1]]]
+    return [(max(since, lo), min(until, hi)) for lo, hi in runs]
 
 
 async def corrections(pool: AsyncConnectionPool, q: CorrectionsQuery) -> dict[str, Any]:

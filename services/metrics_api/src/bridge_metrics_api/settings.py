@@ -18,6 +18,14 @@ class Settings(BridgeSettings):
     query_timeout: float = Field(
         default=5.0, gt=0, le=120, validation_alias="BRIDGE_METRICS_QUERY_TIMEOUT"
     )
+    #: the overview is computed at most once per this many seconds, shared by all callers
+    overview_cache_ttl: float = Field(
+        default=1.0, ge=0, le=60, validation_alias="BRIDGE_METRICS_CACHE_TTL"
+    )
+    #: timeline buckets that ended over 2 minutes ago are reused for this many seconds
+    bucket_cache_ttl: float = Field(
+        default=30.0, ge=0, le=3600, validation_alias="BRIDGE_METRICS_BUCKET_CACHE_TTL"
+    )
     #: bound of the snapshot stream (entries, approximate)
     snapshot_maxlen: int = Field(
         default=8640, ge=10, le=10_000_000, validation_alias="BRIDGE_SNAPSHOT_MAXLEN"

@@ -1,0 +1,104 @@
+"""Two small caches that keep answers fast while many dashboards poll at once.
+
+* :class:`SingleFlight` — one computation of a value shared by every caller within `ttl`
+  seconds; concurrent callers await the same computation instead of each running it. The
+  overview uses it: every viewer sees the same figures, at most `ttl` old.
+* :class:`SettledBuckets` — timeline bucket counts that can no longer change much: buckets
+  that ended more than `settle` ago. They are kept for `ttl` seconds, so a 24 h timeline
+  asks the database only for the last few minutes plus whatever expired. A row the ETL
+  loads later than `settle` shows up within `ttl`.
+
+Both are bounded (entries per key, number of keys) and per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from datetime import datetime, timedelta
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class SingleFlight(Generic[T]):
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._value: T | None = None
+        self._at = 0.0
+        self._running: asyncio.Task[T] | None = None
+
+    async def get(self, compute: Callable[[], Awaitable[T]]) -> T:
+        if self.ttl <= 0:
+            return await compute()
+        if self._value is not None and time.monotonic() - self._at < self.ttl:
+            return self._value
+        if self._running is None or self._running.done():
+
+            async def run() -> T:
+                value = await compute()
+                self._value, self._at = value, time.monotonic()
+                return value
+
+            self._running = asyncio.ensure_future(run())
+        # shield: one impatient caller leaving must not cancel everyone's computation
+        return await asyncio.shield(self._running)
+
+
+Counts = dict[str, int]
+
+
+class SettledBuckets:
+    def __init__(
+        self,
+        ttl: float,
+        settle: timedelta = timedelta(minutes=2),
+        max_keys: int = 64,
+        max_buckets: int = 20_000,
+    ) -> None:
+        self.ttl = ttl
+        self.settle = settle
+        self.max_keys = max_keys
+        self.max_buckets = max_buckets
+        self._store: OrderedDict[Hashable, dict[datetime, tuple[float, Counts]]] = OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl > 0
+
+    def settled_before(self, now: datetime) -> datetime:
+        """Buckets ending at or before this instant may be cached."""
+        return now - self.settle
+
+    def lookup(self, key: Hashable, starts: list[datetime]) -> dict[datetime, Counts]:
+        """The fresh cached counts among `starts`."""
+        entries = self._store.get(key)
+        if not entries or not self.enabled:
+            return {}
+        self._store.move_to_end(key)
+        fresh_after = time.monotonic() - self.ttl
+        out = {}
+        for t in starts:
+            hit = entries.get(t)
+            if hit is not None and hit[0] >= fresh_after:
+                out[t] = hit[1]
+        return out
+
+    def store(self, key: Hashable, counts: dict[datetime, Counts]) -> None:
+        if not self.enabled or not counts:
+            return
+        now = time.monotonic()
+        entries = self._store.setdefault(key, {})
+        self._store.move_to_end(key)
+        for t, c in counts.items():
+            entries[t] = (now, dict(c))
+        if len(entries) > self.max_buckets:
+            expired_before = now - self.ttl
+            for t in [t for t, (at, _) in entries.items() if at < expired_before]:
+                del entries[t]
+            while len(entries) > self.max_buckets:
+                del entries[min(entries)]
+        while len(self._store) > self.max_keys:
+            self._store.popitem(last=False)

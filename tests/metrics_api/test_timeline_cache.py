@@ -1,0 +1,57 @@
+"""The settled-bucket cache: answers equal the uncached ones, the newest minutes are always
+fresh, and a row loaded late into an old minute shows up once the cache entry expires."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+
+from tests.metrics_api.seed import AuditRow, add_audit
+from tests.support.processes import ServiceProcess
+
+
+def timeline(proc: ServiceProcess, since: datetime, until: datetime) -> dict:
+    return httpx.get(
+        proc.url + "/api/v1/dashboard/timeline",
+        params={"bucket": "1m", "since": since.isoformat(), "until": until.isoformat()},
+        timeout=10,
+    ).json()
+
+
+def test_cached_answers_match_and_late_rows_appear(api_env, db, tmp_path: Path) -> None:
+    cached = ServiceProcess(
+        "metrics_api", {**api_env, "BRIDGE_METRICS_BUCKET_CACHE_TTL": "1.5"}, tmp_path
+    ).start()
+    uncached = ServiceProcess(
+        "metrics_api", {**api_env, "BRIDGE_METRICS_BUCKET_CACHE_TTL": "0"}, tmp_path
+    ).start()
+    try:
+        now = datetime.now(UTC)
+        old = (now - timedelta(minutes=50)).replace(second=30, microsecond=0)
+        add_audit(db, [AuditRow(old + timedelta(minutes=i)) for i in range(10)])
+        since = now - timedelta(hours=1, seconds=17)  # not on a minute: a partial first bucket
+        first = timeline(cached, since, now)
+        assert first["totals"]["total"] == 10
+        again = timeline(cached, since, now)
+        assert again["points"] == first["points"]  # the same minutes, now partly from cache
+        assert timeline(uncached, since, now)["points"] == first["points"]
+        # a row in the current minute is never cached
+        add_audit(db, [AuditRow(datetime.now(UTC), severity="error")])
+        fresh = timeline(cached, since, datetime.now(UTC) + timedelta(seconds=1))
+        assert fresh["totals"]["error"] == 1
+        # a late row in an old, cached minute: visible within the cache TTL
+        add_audit(db, [AuditRow(old, severity="critical")])
+        deadline = time.monotonic() + 10
+        while True:
+            body = timeline(cached, since, datetime.now(UTC) + timedelta(seconds=1))
+            if body["totals"]["critical"] == 1:
+                break
+            assert time.monotonic() < deadline, "late row never appeared"
+            time.sleep(0.2)
+        assert body["totals"]["total"] == 12
+    finally:
+        cached.stop()
+        uncached.stop()
