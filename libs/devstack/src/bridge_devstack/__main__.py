@@ -100,8 +100,9 @@ def up(args: argparse.Namespace) -> int:
     root = Path.cwd()
     data_dir = Path(args.data_dir).resolve()
     env = configured(dict(os.environ), read_env_file(root / ".env"))
-    host = env.get("BRIDGE_HOST", "127.0.0.1")
-    require_free(host, [(s.name, s.port_var, s.port(env)) for s in SERVICES])
+    require_free(
+        env.get("BRIDGE_HOST", "127.0.0.1"), [(s.name, s.port_var, s.port(env)) for s in SERVICES]
+    )
     with ExitStack() as resources:
         resources.enter_context(lock_data_dir(data_dir))
         pg = resources.enter_context(postgres.provide(source_dsn(env), data_dir, args.postgres))
@@ -129,6 +130,18 @@ def up(args: argparse.Namespace) -> int:
             stack_values[svc.port_var] = str(svc.port(env))
         if not env.get("BRIDGE_ALERT_RULES") and not (root / "alerts.yaml").exists():
             stack_values["BRIDGE_ALERT_RULES"] = str(root / DEMO_RULES)
+        gateway = next(s for s in SERVICES if s.name == "gateway")
+        host = env.get("BRIDGE_HOST", "127.0.0.1")
+        browser_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+        # the dashboard page listens to live audit logs and alerts through the gateway
+        dashboard = {
+            "BRIDGE_DASHBOARD_GATEWAY_URL": f"http://{browser_host}:{gateway.port(env)}",
+            "BRIDGE_DASHBOARD_GATEWAY_TOKEN": tokens.mint(
+                secret, subject="dashboard", topics=["audit_logs", "alerts"]
+            ),
+        }
+        for key, value in dashboard.items():
+            stack_values[key] = env.get(key, value)
         child_env = child_environment(env, stack_values)
         write_env_file(data_dir / "stack.env", stack_values)
         migrate(child_env)

@@ -2,7 +2,9 @@
 through their statuses, the audit logs an application writes alongside them (info,
 warnings, errors), failures and their corrections (`intent.corrected`).
 
-Every change is one short transaction, so each becomes events through the outbox. The
+Delivery: every step is one short transaction (an intent change together with its audit
+log), so a crash leaves either the whole step or none of it, and each committed step
+becomes events through the outbox. The
 database comes from `BRIDGE_SOURCE_DSN` (or `POSTGRES_DSN` / `DATABASE_URL`), else from the
 stack `just up` is running (`<data>/stack.env`).
 """
@@ -152,6 +154,10 @@ class Traffic:
         if not self.failed:
             return False
         intent = self.failed.popleft()
+        if rng.random() < 0.3:
+            # some failures are abandoned: they stay failed, as they do in real systems
+            self.audit(intent, "intent.abandoned", "warning", {"reason": "no fix available"})
+            return True
         fix = rng.choice(["amount", "currency", "recipient", "schedule"])
         self.set_status(intent, "corrected", {"corrected_field": fix})
         self.audit(
@@ -230,7 +236,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, help="stop after this many changes")
     parser.add_argument("--dsn", help="source database (default: see above)")
     parser.add_argument("--data-dir", default=".data", help="where `just up` keeps its data")
+    parser.add_argument("--seed", type=int, help="repeatable traffic")
     args = parser.parse_args(argv)
+    if args.seed is not None:
+        rng.seed(args.seed)
     if not 0 < args.rate <= 1000:
         parser.error("--rate must be in (0, 1000]")
     stop = threading.Event()
