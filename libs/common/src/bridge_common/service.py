@@ -32,6 +32,8 @@ from typing import Any
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -67,6 +69,12 @@ class _Server(uvicorn.Server):
 @asynccontextmanager
 async def redis_client(settings: BridgeSettings, **kwargs: Any) -> AsyncIterator[AnyRedis]:
     client = create_redis(settings, **kwargs)
+    if isinstance(client, RedisCluster):
+        # the async cluster client learns the slot map on its first command; pub/sub
+        # (SSUBSCRIBE routing) needs it before that. A cluster that is down now is
+        # retried lazily by the client, so a failure here is not fatal.
+        with contextlib.suppress(RedisError, OSError):
+            await client.initialize()
     try:
         yield client
     finally:
