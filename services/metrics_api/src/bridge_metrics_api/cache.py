@@ -1,8 +1,8 @@
 """Two small caches that keep answers fast while many dashboards poll at once.
 
-* :class:`SingleFlight` — one computation of a value shared by every caller within `ttl`
-  seconds; concurrent callers await the same computation instead of each running it. The
-  overview uses it: every viewer sees the same figures, at most `ttl` old.
+* :class:`SingleFlight` — one computation of a value shared by every caller; refreshed in
+  the background once older than `ttl`, so callers do not wait for it. The overview uses
+  it: every viewer sees the same figures, about `ttl` (at most `5 × ttl`) old.
 * :class:`SettledBuckets` — timeline bucket counts that can no longer change much: buckets
   that ended more than `settle` ago. They are kept for `ttl` seconds, so a 24 h timeline
   asks the database only for the last few minutes plus whatever expired. A row the ETL
@@ -18,23 +18,31 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from datetime import datetime, timedelta
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from bridge_common.logging import get_logger
 
 T = TypeVar("T")
+log = get_logger(__name__)
 
 
 class SingleFlight(Generic[T]):
-    def __init__(self, ttl: float) -> None:
+    """A value computed once for all callers, refreshed in the background.
+
+    Younger than `ttl`: returned as is. Older, but younger than `stale`: returned at once
+    while one refresh runs in the background (callers never wait for a recompute once a
+    value exists). Older than `stale`, or never computed: callers await one shared
+    computation.
+    """
+
+    def __init__(self, ttl: float, stale: float | None = None) -> None:
         self.ttl = ttl
+        self.stale = stale if stale is not None else 5 * ttl
         self._value: T | None = None
         self._at = 0.0
         self._running: asyncio.Task[T] | None = None
 
-    async def get(self, compute: Callable[[], Awaitable[T]]) -> T:
-        if self.ttl <= 0:
-            return await compute()
-        if self._value is not None and time.monotonic() - self._at < self.ttl:
-            return self._value
+    def _refresh(self, compute: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
         if self._running is None or self._running.done():
 
             async def run() -> T:
@@ -43,8 +51,25 @@ class SingleFlight(Generic[T]):
                 return value
 
             self._running = asyncio.ensure_future(run())
+            # a background refresh nobody awaits must not leave its error unretrieved
+            self._running.add_done_callback(_retrieve)
+        return self._running
+
+    async def get(self, compute: Callable[[], Awaitable[T]]) -> T:
+        if self.ttl <= 0:
+            return await compute()
+        age = time.monotonic() - self._at
+        if self._value is not None and age < self.stale:
+            if age >= self.ttl:
+                self._refresh(compute)
+            return self._value
         # shield: one impatient caller leaving must not cancel everyone's computation
-        return await asyncio.shield(self._running)
+        return await asyncio.shield(self._refresh(compute))
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("cache.refresh_failed", error=repr(task.exception()))
 
 
 Counts = dict[str, int]
