@@ -25,7 +25,7 @@ def render(stack: Stack, token: str, pg: Postgres, redis: Redis, data_dir: str) 
         f"  demo JWT     {token}",
         f"  PostgreSQL   {pg.describe()}",
         f"  Redis        {redis.describe()}",
-        f"  data         {data_dir}  (settings for `just demo` / `just migrate`: stack.env)",
+        f"  data         {data_dir}  (this stack's settings: `set -a; . {data_dir}/stack.env`)",
         "",
         "Live events (copy-paste):",
         f"  curl -N {shlex.quote(sse)}",
