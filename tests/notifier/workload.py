@@ -41,11 +41,12 @@ async def writer(
     seed: int,
     rollback_rate: float = 0.25,
     pace: float = 0.0,
+    id_offset: int = 0,
 ) -> int:
     """Random transactions of 1-3 statements (multi-row inserts, single-row updates of
     rows any writer made), committed or rolled back at random. Returns commits."""
     rnd = random.Random(seed * 1000 + wid)
-    next_id = wid * 10_000_000
+    next_id = wid * 10_000_000 + id_offset
     tbl = sql.Identifier(table)
     ins = sql.SQL(
         "INSERT INTO {} (id, w, pad) SELECT g, %s::int, repeat('x', %s::int)"
@@ -56,7 +57,8 @@ async def writer(
         " WHERE id = (SELECT id FROM {} WHERE id >= %s::bigint ORDER BY id LIMIT 1)"
     ).format(tbl, tbl)
     commits = 0
-    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+    conn = await _connect(dsn)
+    try:
         for _ in range(transactions):
             try:
                 for _ in range(rnd.randint(1, 3)):
@@ -79,9 +81,27 @@ async def writer(
                     commits += 1
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 await conn.rollback()
+            except psycopg.OperationalError:
+                # the server restarted: whether the last commit landed is unknown, which is
+                # fine — the check compares the stream with the table, not with this count
+                await conn.close()
+                conn = await _connect(dsn)
             if pace:
                 await asyncio.sleep(pace)
+    finally:
+        await conn.close()
     return commits
+
+
+async def _connect(dsn: str, timeout: float = 30.0) -> psycopg.AsyncConnection[Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await psycopg.AsyncConnection.connect(dsn, connect_timeout=2)
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
 
 
 async def run_writers(
