@@ -292,6 +292,8 @@ def run(args: argparse.Namespace, dsn: str, redis_url: str) -> int:
 
     rows_txt = f"{args.rows:,}".replace(",", " ")
     lines = [
+        "## Metrics API",
+        "",
         f"`just bench metrics_api{' --rows ' + str(args.rows) if args.rows != 2_000_000 else ''}`"
         f" — **{rows_txt} audit rows** over {args.days} days "
         f"({int(took['rollup_rows']):,} per-minute rollup rows), {args.intents:,} intents; "
