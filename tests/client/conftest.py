@@ -1,5 +1,10 @@
-"""Client tests run against real gateways backed by a PRIVATE redis-server per test,
-so killing Redis never disturbs anyone else."""
+"""Client tests run against real gateways backed by a PRIVATE redis-server, so killing
+Redis never disturbs anyone else.
+
+Tests that kill things get their own Redis and gateway (`private_redis`, `gateway`,
+`jwt_gateway`); the others share one per module (`module_redis`, `module_gateway`,
+`module_jwt_gateway`) and keep to their own topics.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,24 @@ import pytest
 from tests.support.cluster import RedisNode
 from tests.support.processes import ServiceProcess
 
+#: HS256 secret of the JWT gateways (>= 32 bytes, as PyJWT recommends)
+JWT_SECRET = "client-tests-secret-0123456789abcdef"
+
+
+def _env(redis: RedisNode, namespace: str, **extra: str) -> dict[str, str]:
+    return {
+        "BRIDGE_REDIS_URL": redis.url,
+        "BRIDGE_NAMESPACE": namespace,
+        "BRIDGE_LOG_FORMAT": "json",
+        "BRIDGE_LOG_LEVEL": "info",
+        "BRIDGE_HEARTBEAT_INTERVAL": "0.5",
+        "BRIDGE_AUTH": "disabled",
+        **extra,
+    }
+
+
+JWT = {"BRIDGE_AUTH": "jwt", "BRIDGE_JWT_SECRET": JWT_SECRET}
+
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[RedisNode]:
@@ -21,10 +44,45 @@ def private_redis(tmp_path: Path) -> Iterator[RedisNode]:
 
 
 @pytest.fixture
-def gateway_env(bridge_env: dict[str, str], private_redis: RedisNode) -> dict[str, str]:
-    return {**bridge_env, "BRIDGE_REDIS_URL": private_redis.url, "BRIDGE_AUTH": "disabled"}
+def gateway(
+    spawn: Callable[..., ServiceProcess], private_redis: RedisNode, namespace: str
+) -> ServiceProcess:
+    return spawn("gateway", _env(private_redis, namespace))
 
 
 @pytest.fixture
-def gateway(spawn: Callable[..., ServiceProcess], gateway_env: dict[str, str]) -> ServiceProcess:
-    return spawn("gateway", gateway_env)
+def jwt_gateway(
+    spawn: Callable[..., ServiceProcess], private_redis: RedisNode, namespace: str
+) -> ServiceProcess:
+    return spawn("gateway", _env(private_redis, namespace, **JWT))
+
+
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisNode]:
+    node = RedisNode(tmp_path_factory.mktemp("redis")).start()
+    yield node
+    node.stop()
+
+
+def _module_gateway(
+    tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]
+) -> Iterator[ServiceProcess]:
+    proc = ServiceProcess("gateway", env, tmp_path_factory.mktemp("gateway"))
+    try:
+        yield proc.start()
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def module_gateway(
+    tmp_path_factory: pytest.TempPathFactory, module_redis: RedisNode, namespace: str
+) -> Iterator[ServiceProcess]:
+    yield from _module_gateway(tmp_path_factory, _env(module_redis, namespace))
+
+
+@pytest.fixture(scope="module")
+def module_jwt_gateway(
+    tmp_path_factory: pytest.TempPathFactory, module_redis: RedisNode, namespace: str
+) -> Iterator[ServiceProcess]:
+    yield from _module_gateway(tmp_path_factory, _env(module_redis, namespace, **JWT))

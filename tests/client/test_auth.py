@@ -7,31 +7,23 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable
 
 import jwt
 import pytest
 from bridge_client import Backoff, BridgeClient, SubscriptionRejected, Unauthorized
 
+from tests.client.conftest import JWT_SECRET
 from tests.client.stream import Collector, ticker
 from tests.support.cluster import RedisNode
 from tests.support.processes import ServiceProcess
 
-SECRET = "client-tests-secret-0123456789abcdef"
 WRONG = "not-the-gateway-secret-0123456789abcdef"
 FAST = Backoff(base=0.05, cap=0.5, healthy_after=1.0)
 
 
-def make_token(topics: list[str] | None = None, secret: str = SECRET, ttl: int = 300) -> str:
+def make_token(topics: list[str] | None = None, secret: str = JWT_SECRET, ttl: int = 300) -> str:
     claims = {"sub": "client-test", "exp": int(time.time()) + ttl, "topics": topics or ["*"]}
     return jwt.encode(claims, secret, algorithm="HS256")
-
-
-@pytest.fixture
-def jwt_gateway(
-    spawn: Callable[..., ServiceProcess], gateway_env: dict[str, str]
-) -> ServiceProcess:
-    return spawn("gateway", {**gateway_env, "BRIDGE_AUTH": "jwt", "BRIDGE_JWT_SECRET": SECRET})
 
 
 @pytest.mark.parametrize("transport", ["websocket", "sse"])
@@ -71,10 +63,10 @@ async def test_provider_refreshes_after_401_and_on_every_reconnect(
 
 @pytest.mark.parametrize("transport", ["websocket", "sse"])
 async def test_static_bad_token_ends_subscriptions_with_unauthorized(
-    jwt_gateway: ServiceProcess, transport: str
+    module_jwt_gateway: ServiceProcess, transport: str
 ) -> None:
     async with BridgeClient(
-        jwt_gateway.url, token=make_token(secret=WRONG), transport=transport, backoff=FAST
+        module_jwt_gateway.url, token=make_token(secret=WRONG), transport=transport, backoff=FAST
     ) as client:
         sub = client.subscribe("anything")
         async with asyncio.timeout(15):
@@ -86,7 +78,7 @@ async def test_static_bad_token_ends_subscriptions_with_unauthorized(
 
 
 async def test_provider_that_keeps_failing_gives_up_after_max_auth_failures(
-    jwt_gateway: ServiceProcess,
+    module_jwt_gateway: ServiceProcess,
 ) -> None:
     calls = 0
 
@@ -96,7 +88,7 @@ async def test_provider_that_keeps_failing_gives_up_after_max_auth_failures(
         return make_token(secret=WRONG)
 
     async with BridgeClient(
-        jwt_gateway.url, token_provider=provider, backoff=FAST, max_auth_failures=3
+        module_jwt_gateway.url, token_provider=provider, backoff=FAST, max_auth_failures=3
     ) as client:
         sub = client.subscribe("anything")
         async with asyncio.timeout(15):
@@ -107,20 +99,26 @@ async def test_provider_that_keeps_failing_gives_up_after_max_auth_failures(
 
 @pytest.mark.parametrize("transport", ["websocket", "sse"])
 async def test_topic_outside_the_token_is_rejected_as_forbidden(
-    jwt_gateway: ServiceProcess, private_redis: RedisNode, namespace: str, transport: str
+    module_jwt_gateway: ServiceProcess,
+    module_redis: RedisNode,
+    namespace: str,
+    transport: str,
 ) -> None:
     async with (
-        ticker(private_redis.url, namespace, "mine"),
-        ticker(private_redis.url, namespace, "theirs"),
+        ticker(module_redis.url, namespace, f"mine_{transport}"),
+        ticker(module_redis.url, namespace, f"theirs_{transport}"),
         BridgeClient(
-            jwt_gateway.url, token=make_token(["mine"]), transport=transport, backoff=FAST
+            module_jwt_gateway.url,
+            token=make_token([f"mine_{transport}"]),
+            transport=transport,
+            backoff=FAST,
         ) as client,
     ):
-        allowed = client.subscribe("mine")
-        refused = client.subscribe("theirs")
+        allowed = client.subscribe(f"mine_{transport}")
+        refused = client.subscribe(f"theirs_{transport}")
         async with asyncio.timeout(15):
             with pytest.raises(SubscriptionRejected) as rejected:
                 await anext(refused)
             await allowed.wait_live()
         assert rejected.value.code == "forbidden"
-        assert rejected.value.topic == "theirs"
+        assert rejected.value.topic == f"theirs_{transport}"

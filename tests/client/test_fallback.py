@@ -7,67 +7,22 @@ upgrade with 503 shows the reconnect delays stay within the backoff bounds."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 
 from bridge_client import Backoff, BridgeClient, backoff_ceiling
 
+from tests.client.proxies import no_websocket_proxy
 from tests.client.stream import Collector, ticker
 from tests.support.cluster import RedisNode
 from tests.support.processes import ServiceProcess
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        writer.close()
-
-
-@contextlib.asynccontextmanager
-async def no_websocket_proxy(upstream_port: int) -> AsyncIterator[tuple[str, list[str]]]:
-    """An HTTP proxy without WebSocket support: `GET /ws` gets 404, the rest is forwarded."""
-    refused: list[str] = []
-    open_writers: set[asyncio.StreamWriter] = set()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        path = head.split(b" ", 2)[1].decode()
-        if path.split("?")[0] == "/ws":
-            refused.append(path)
-            writer.write(
-                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )
-            await writer.drain()
-            writer.close()
-            return
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
-        open_writers.update((writer, up_writer))
-        up_writer.write(head)
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}", refused
-    finally:
-        server.close()
-        for w in open_writers:
-            w.close()
-        await server.wait_closed()
-
-
 async def test_falls_back_to_sse_when_the_upgrade_is_refused(
-    gateway: ServiceProcess, private_redis: RedisNode, namespace: str
+    module_gateway: ServiceProcess, module_redis: RedisNode, namespace: str
 ) -> None:
     async with (
-        ticker(private_redis.url, namespace, "proxied") as tick,
-        no_websocket_proxy(gateway.port) as (url, refused),
+        ticker(module_redis.url, namespace, "proxied") as tick,
+        no_websocket_proxy(module_gateway.port) as (url, refused),
         BridgeClient(url) as client,
     ):
         sub = client.subscribe("proxied", filter={"kind": "keep"})

@@ -64,13 +64,13 @@ async def test_no_gap_no_duplicate_across_gateway_and_redis_crashes(
 
 @pytest.mark.parametrize("transport", ["websocket", "sse"])
 async def test_resume_from_since_replays_exactly_what_came_after(
-    gateway: ServiceProcess, private_redis: RedisNode, namespace: str, transport: str
+    module_gateway: ServiceProcess, module_redis: RedisNode, namespace: str, transport: str
 ) -> None:
-    async with ticker(private_redis.url, namespace, "past") as tick:
+    async with ticker(module_redis.url, namespace, f"past_{transport}") as tick:
         for n in range(1, 31):
             await tick.publish(n)
-        async with BridgeClient(gateway.url, transport=transport) as client:
-            sub = client.subscribe("past", since=tick.ids[20])
+        async with BridgeClient(module_gateway.url, transport=transport) as client:
+            sub = client.subscribe(f"past_{transport}", since=tick.ids[20])
             seen = Collector(sub)
             assert await seen.wait_for(10, timeout=15) == list(range(21, 31))
             await sub.wait_live()

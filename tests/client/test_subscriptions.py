@@ -14,12 +14,12 @@ from tests.support.processes import ServiceProcess
 
 
 async def test_two_topics_and_a_filter_share_one_connection(
-    gateway: ServiceProcess, private_redis: RedisNode, namespace: str
+    module_gateway: ServiceProcess, module_redis: RedisNode, namespace: str
 ) -> None:
     async with (
-        ticker(private_redis.url, namespace, "alpha") as alpha,
-        ticker(private_redis.url, namespace, "beta") as beta,
-        BridgeClient(gateway.url) as client,
+        ticker(module_redis.url, namespace, "alpha") as alpha,
+        ticker(module_redis.url, namespace, "beta") as beta,
+        BridgeClient(module_gateway.url) as client,
     ):
         a = client.subscribe("alpha")
         b = client.subscribe("beta", filter={"status": ["failed", "corrected"]})
@@ -43,14 +43,14 @@ async def test_two_topics_and_a_filter_share_one_connection(
 
 @pytest.mark.parametrize("transport", ["websocket", "sse"])
 async def test_slow_consumer_with_a_small_queue_still_sees_everything_once(
-    gateway: ServiceProcess, private_redis: RedisNode, namespace: str, transport: str
+    module_gateway: ServiceProcess, module_redis: RedisNode, namespace: str, transport: str
 ) -> None:
     total = 300
     async with (
-        ticker(private_redis.url, namespace, "burst") as tick,
-        BridgeClient(gateway.url, transport=transport, queue_size=16) as client,
+        ticker(module_redis.url, namespace, f"burst_{transport}") as tick,
+        BridgeClient(module_gateway.url, transport=transport, queue_size=16) as client,
     ):
-        sub = client.subscribe("burst")
+        sub = client.subscribe(f"burst_{transport}")
         async with asyncio.timeout(15):
             await sub.wait_live()
         for n in range(1, total + 1):
@@ -66,10 +66,10 @@ async def test_slow_consumer_with_a_small_queue_still_sees_everything_once(
 
 
 async def test_close_ends_iteration_and_unsubscribes(
-    gateway: ServiceProcess, private_redis: RedisNode, namespace: str
+    module_gateway: ServiceProcess, module_redis: RedisNode, namespace: str
 ) -> None:
-    async with ticker(private_redis.url, namespace, "closing") as tick:
-        client = BridgeClient(gateway.url)
+    async with ticker(module_redis.url, namespace, "closing") as tick:
+        client = BridgeClient(module_gateway.url)
         async with client:
             sub = client.subscribe("closing")
             async with asyncio.timeout(15):

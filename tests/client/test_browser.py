@@ -1,0 +1,136 @@
+"""The browser client (`/client.js`, served by the real gateway) in headless Chromium:
+a page on its own origin consumes a steady stream while the gateway is killed (-9) and
+restarted; the same through a proxy without WebSocket (EventSource fallback); and
+history_lost reaches `onError` while the subscription carries on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from tests.client.proxies import no_websocket_proxy, static_page
+from tests.client.stream import ticker
+from tests.support.cluster import RedisNode
+from tests.support.processes import ServiceProcess
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not shutil.which(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+def page_html(gateway_url: str, topic: str, options: dict[str, Any], since: str | None) -> str:
+    """A page that imports the gateway's client.js and records what it sees on `window`."""
+    return f"""<!doctype html><meta charset="utf-8"><title>client.js test</title>
+<script type="module">
+  import {{ BridgeClient }} from "{gateway_url}/client.js";
+  window.seen = []; window.errors = []; window.lives = [];
+  const client = new BridgeClient("{gateway_url}", {json.dumps(options)});
+  window.client = client;
+  client.subscribe("{topic}", {{
+    since: {json.dumps(since)},
+    onEvent: (e) => window.seen.push(e.data.n),
+    onError: (err) => window.errors.push(err.code),
+    onLive: (recovered) => window.lives.push(recovered),
+  }});
+</script>"""
+
+
+async def open_page(browser: Browser, html: str) -> tuple[Page, Any]:
+    server = static_page(html)
+    url = await server.__aenter__()
+    page = await browser.new_page()
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text))
+    page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    await page.goto(url)
+    page.console = console  # type: ignore[attr-defined]
+    return page, server
+
+
+async def wait_for(page: Page, expression: str, timeout: float = 30.0) -> None:
+    try:
+        await page.wait_for_function(expression, timeout=timeout * 1000)
+    except Exception as exc:
+        state = await page.evaluate(
+            "({seen: window.seen && window.seen.length, last: window.seen && window.seen.slice(-5),"
+            " errors: window.errors, transport: window.client && window.client.transport})"
+        )
+        raise AssertionError(f"{expression}: {state}; console {page.console}") from exc  # type: ignore[attr-defined]
+
+
+FAST = {"backoff": {"base": 100, "cap": 1000, "healthyAfter": 1000}}
+
+
+@pytest.mark.parametrize("via_proxy", [False, True], ids=["websocket", "eventsource-fallback"])
+async def test_browser_sees_every_event_once_across_a_gateway_crash(
+    browser: Browser,
+    gateway: ServiceProcess,
+    private_redis: RedisNode,
+    namespace: str,
+    via_proxy: bool,
+) -> None:
+    total = 300
+    async with (
+        ticker(private_redis.url, namespace, "ticks", interval=0.01) as tick,
+        no_websocket_proxy(gateway.port) as (proxy_url, refused),
+    ):
+        base = proxy_url if via_proxy else gateway.url
+        page, server = await open_page(browser, page_html(base, "ticks", FAST, None))
+        try:
+            await wait_for(page, "window.lives.length >= 1")
+            tick.start(total)
+            await wait_for(page, "window.seen.length >= 80")
+            await asyncio.to_thread(gateway.stop, signal.SIGKILL)
+            await asyncio.to_thread(gateway.start)
+            await tick.finish()
+            await wait_for(page, f"window.seen.length >= {total}", timeout=45)
+            await asyncio.sleep(0.3)
+            seen = await page.evaluate("window.seen")
+            transport = await page.evaluate("window.client.transport")
+            connections = await page.evaluate("window.client.connections")
+        finally:
+            await page.close()
+            await server.__aexit__(None, None, None)
+    assert seen == list(range(1, total + 1))
+    assert transport == ("sse" if via_proxy else "websocket")
+    assert connections >= 2
+    if via_proxy:
+        assert refused, "the page never tried WebSocket first"
+
+
+async def test_browser_reports_history_lost_then_stays_live(
+    browser: Browser, module_gateway: ServiceProcess, module_redis: RedisNode, namespace: str
+) -> None:
+    async with ticker(module_redis.url, namespace, "trimmed", maxlen=10) as tick:
+        for n in range(1, 401):
+            await tick.publish(n)
+        page, server = await open_page(
+            browser, page_html(module_gateway.url, "trimmed", FAST, tick.ids[1])
+        )
+        try:
+            await wait_for(page, "window.errors.includes('history_lost') && window.lives.length")
+            assert await page.evaluate("window.lives") == [False]
+            await tick.publish(401)
+            await wait_for(page, "window.seen.length >= 1")
+            assert await page.evaluate("window.seen") == [401]
+        finally:
+            await page.close()
+            await server.__aexit__(None, None, None)
