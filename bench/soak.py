@@ -185,9 +185,6 @@ async def soak(
             if not behind and backlog == 0:
                 break
             await asyncio.sleep(1)
-        series.samples.append(
-            await sample(suite, started, consumers, writer, seen_count, cursors, t0, db, http, api)
-        )
         final_backlog = await etl_backlog(db, set(audit.values()))
         target_dups = await target_duplicates(db)
     stop_clients.set()
