@@ -44,7 +44,7 @@ async def test_postgres_restart_under_writers_and_ts_is_the_commit_time(
         before_commit = time.time()
         await conn.commit()
     writers = asyncio.create_task(
-        run_writers(dsn, "restarted", writers=3, transactions=500, seed=21, pace=0.004)
+        run_writers(dsn, "restarted", writers=3, transactions=400, seed=21, pace=0.004)
     )
     await wait_stream_len(aredis_client, namespace, "restarted", 300, timeout=20)
     await asyncio.to_thread(private_postgres.restart)

@@ -78,9 +78,9 @@ async def test_sigkill_mid_stream_and_restart_is_still_exactly_once(
     await create_watched_table(migrated_dsn, "killed")
     proc = spawn("notifier", {**bridge_env, "BRIDGE_NOTIFIER_BATCH_SIZE": "200"})
     writers = asyncio.create_task(
-        run_writers(migrated_dsn, "killed", writers=4, transactions=800, seed=11, pace=0.004)
+        run_writers(migrated_dsn, "killed", writers=4, transactions=600, seed=11, pace=0.004)
     )
-    for seen in (500, 2000):
+    for seen in (400, 1500):
         await wait_stream_len(aredis_client, namespace, "killed", seen, timeout=20)
         assert not writers.done(), "writers finished before the kill; make them longer"
         proc.kill()
@@ -139,7 +139,7 @@ async def test_two_notifiers_one_leader_and_failover(
     }
     assert ours == {leader.port: True, standby.port: False}
     writers = asyncio.create_task(
-        run_writers(migrated_dsn, "failover", writers=3, transactions=600, seed=5, pace=0.004)
+        run_writers(migrated_dsn, "failover", writers=3, transactions=450, seed=5, pace=0.004)
     )
     await wait_stream_len(aredis_client, namespace, "failover", 300, timeout=20)
     assert not writers.done()
@@ -161,7 +161,7 @@ async def test_redis_stopped_and_restarted_mid_stream_loses_nothing(
     client = aredis.Redis.from_url(private_redis.url)
     try:
         writers = asyncio.create_task(
-            run_writers(migrated_dsn, "outage", writers=3, transactions=600, seed=9, pace=0.004)
+            run_writers(migrated_dsn, "outage", writers=3, transactions=450, seed=9, pace=0.004)
         )
         await wait_stream_len(client, namespace, "outage", 300, timeout=20)
         private_redis.kill()
@@ -187,7 +187,7 @@ async def test_postgres_connection_loss_reconnects_and_relays(
     await create_watched_table(migrated_dsn, "pgloss")
     proc = spawn("notifier", bridge_env)
     writers = asyncio.create_task(
-        run_writers(migrated_dsn, "pgloss", writers=3, transactions=300, seed=13, pace=0.004)
+        run_writers(migrated_dsn, "pgloss", writers=3, transactions=250, seed=13, pace=0.004)
     )
     await wait_stream_len(aredis_client, namespace, "pgloss", 200, timeout=20)
     async with await psycopg.AsyncConnection.connect(migrated_dsn, autocommit=True) as conn:
