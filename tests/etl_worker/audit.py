@@ -24,7 +24,7 @@ _TARGET_SUM = """
 SELECT count(*), coalesce(md5(string_agg(
     concat_ws('|', source_id, created_at, intent_id, actor, action, severity, details::text),
     ',' ORDER BY source_id)), '')
-FROM audit_logs_ts
+FROM audit_logs_ts {where}
 """
 
 
@@ -57,9 +57,9 @@ def source_sum(dsn: str, where: str = "") -> tuple[int, str]:
         return int(row[0]), str(row[1])
 
 
-def target_sum(dsn: str) -> tuple[int, str]:
+def target_sum(dsn: str, where: str = "") -> tuple[int, str]:
     with psycopg.connect(dsn) as conn:
-        row = conn.execute(_TARGET_SUM).fetchone()
+        row = conn.execute(_TARGET_SUM.format(where=where)).fetchone()  # type: ignore[arg-type]
         assert row is not None
         return int(row[0]), str(row[1])
 

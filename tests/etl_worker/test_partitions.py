@@ -6,7 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from tests.etl_worker.audit import insert_rows, rollup_mismatches, source_sum, target_sum
+from tests.etl_worker.audit import (
+    dead_letters,
+    insert_rows,
+    rollup_mismatches,
+    source_sum,
+    target_sum,
+)
 
 
 def _partitions(dsn: str) -> set[str]:
@@ -69,21 +75,35 @@ def test_partitions_ahead_on_demand_and_retention(spawn, etl_env, clean) -> None
     assert rollup_mismatches(clean) == []
 
 
-def test_backfill_since_loads_that_range_once(spawn, etl_env, clean) -> None:
+def test_backfill_since_loads_that_range_once(spawn, etl_env, clean, redis_url, namespace) -> None:
     insert_rows(clean, 400, hours=24, offset_hours=24 * 6)  # 6-7 days ago
     insert_rows(clean, 600, hours=30, start=400)  # the last 30 hours
+    with psycopg.connect(clean, autocommit=True) as conn:  # need the row path
+        conn.execute(
+            "INSERT INTO audit_logs (actor, action, details) VALUES"
+            " ('legacy', 'x', to_jsonb('{\"a\": 1}'::text)), ('bad', 'x', '[1]')"
+        )
     since = (datetime.now(UTC) - timedelta(days=2)).isoformat()
     logs = run_once(spawn, etl_env, "backfill", "--since", since, "--batch-size", "128")
-    assert '"event": "backfill.done"' in logs
-    want = source_sum(clean, f"WHERE created_at >= '{since}'")
-    assert target_sum(clean) == want and want[0] == 600
+    assert '"event": "backfill.done"' in logs and '"same_database": true' in logs
+    [letter] = dead_letters(redis_url, namespace)
+    assert letter["source_id"] == "1002" and "JSON object" in letter["reason"]
+    with psycopg.connect(clean) as conn:
+        legacy = conn.execute("SELECT details FROM audit_logs_ts WHERE actor = 'legacy'")
+        assert legacy.fetchone() == ({"a": 1},)
+    plain = "AND actor NOT IN ('bad', 'legacy')"
+    want = source_sum(clean, f"WHERE created_at >= '{since}' {plain}")
+    assert target_sum(clean, "WHERE actor <> 'legacy'") == want and want[0] == 600
     run_once(spawn, etl_env, "backfill", "--since", since)  # again: nothing new
-    assert target_sum(clean) == want
+    assert target_sum(clean, "WHERE actor <> 'legacy'") == want
     assert rollup_mismatches(clean) == []
     # the older range, bounded: fills the rest, partitions created for those days
     until = (datetime.now(UTC) - timedelta(days=2)).isoformat()
     older = (datetime.now(UTC) - timedelta(days=8)).isoformat()
-    run_once(spawn, etl_env, "backfill", "--since", older, "--until", until)
-    assert target_sum(clean) == source_sum(clean)
+    # a separate target database takes the path through the worker (COPY + INSERT … SELECT)
+    other_target = {**etl_env, "BRIDGE_TARGET_DSN": clean + "?application_name=etl-target"}
+    logs = run_once(spawn, other_target, "backfill", "--since", older, "--until", until)
+    assert '"same_database": false' in logs
+    assert target_sum(clean, "WHERE actor <> 'legacy'") == source_sum(clean, f"WHERE true {plain}")
     assert _day(-6) in _partitions(clean)
     assert rollup_mismatches(clean) == []

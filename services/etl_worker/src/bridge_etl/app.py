@@ -144,6 +144,8 @@ class EtlWorker:
     async def _run_mode(self, sink: Sink, stop: asyncio.Event) -> None:
         s, job = self.settings, self.job
         if job.backfill_since is not None:
+            # same database: rows can go source → target inside the server
+            same = s.target_dsn is None or s.target_dsn == s.source_dsn
             await backfill(
                 self.source,
                 sink,
@@ -151,6 +153,7 @@ class EtlWorker:
                 since=job.backfill_since,
                 until=job.backfill_until,
                 batch_size=s.batch_size,
+                same_database=same,
             )
             return
         async with asyncio.TaskGroup() as tg:

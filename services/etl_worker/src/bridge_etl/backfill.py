@@ -1,27 +1,37 @@
 """`bridge-etl backfill --since T`: load every source row created since T, then exit.
 
-It reads by id (keyset pages, starting at the first id created at or after T) while the
-previous page loads, so reading and writing overlap. Rows already stored are skipped by
-the target's key, so a backfill can be re-run or overlap a live worker safely.
+It pages through the source by id, starting at the first id created at or after `T`.
+When source and target are the same database, each page is one server-side
+`INSERT … SELECT` (rows never travel to the worker); otherwise the page is streamed byte
+for byte from `COPY … TO STDOUT` on the source into `COPY … FROM STDIN` of the target's
+staging table and loaded from there. Either way only the rows that need the worker's
+checks (details that are not a JSON object, unknown severities) reach Python. Rows already
+stored are skipped by the target's key, so a backfill can be re-run, or overlap a live
+worker, safely.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
-from typing import Any
+from datetime import UTC, date, datetime
 
 from bridge_common.logging import get_logger
 from psycopg_pool import AsyncConnectionPool
 
 from .polling import to_rows
-from .sink import Sink
+from .sink import SOURCE_LEFTOVERS, Sink
 from .transform import SOURCE_SELECT
 
 log = get_logger(__name__)
 
 ORIGIN = "backfill"
-_COLS = "id, created_at, intent_id, actor, action, severity, details::text, jsonb_typeof(details)"
+_PLAN = """
+SELECT max(id), count(*) FILTER (WHERE created_at < %s),
+       array_agg(DISTINCT (created_at AT TIME ZONE 'UTC')::date)
+           FILTER (WHERE created_at >= %s)
+FROM (SELECT id, created_at FROM audit_logs
+      WHERE id > %s AND created_at >= %s AND created_at < %s ORDER BY id LIMIT %s) page
+"""
 
 
 async def backfill(
@@ -32,6 +42,7 @@ async def backfill(
     since: datetime,
     until: datetime | None,
     batch_size: int,
+    same_database: bool = False,
 ) -> int:
     """Load rows with `since <= created_at < until`; returns how many were read."""
     async with source.connection() as conn:
@@ -41,39 +52,58 @@ async def backfill(
         log.info("backfill.nothing", since=since.isoformat())
         return 0
     start = int(row[0]) - 1
-    pages: asyncio.Queue[list[Any] | None] = asyncio.Queue(maxsize=2)
-
-    async def read() -> None:
-        last = start
-        try:
-            while not stop.is_set():
-                async with source.connection() as conn:
-                    cur = await conn.execute(
-                        SOURCE_SELECT + " WHERE id > %s AND created_at >= %s"
-                        " AND (%s::timestamptz IS NULL OR created_at < %s)"
-                        " ORDER BY id LIMIT %s",
-                        (last, since, until, until, batch_size),
-                    )
-                    recs = await cur.fetchall()
-                if not recs:
-                    return
-                last = recs[-1][0]
-                await pages.put(recs)
-        finally:
-            await pages.put(None)
-
-    total = 0
-    async with asyncio.TaskGroup() as tg:
-        reader = tg.create_task(read())
-        while True:
-            recs = await pages.get()
-            if recs is None:
-                break
-            rows, rejects = to_rows(recs, ORIGIN)
-            await sink.load(rows, rejects, origin=ORIGIN, stop=stop)
-            total += len(recs)
-        await reader
+    end = until or datetime.max.replace(tzinfo=UTC)
+    total = await _pages(source, sink, stop, start, since, until, end, batch_size, same_database)
     await sink.flush_refresh()
     sink.stats.idle(ORIGIN)
-    log.info("backfill.done", rows=total, since=since.isoformat())
+    log.info("backfill.done", rows=total, since=since.isoformat(), same_database=same_database)
+    return total
+
+
+async def _pages(
+    source: AsyncConnectionPool,
+    sink: Sink,
+    stop: asyncio.Event,
+    last: int,
+    since: datetime,
+    until: datetime | None,
+    end: datetime,
+    batch_size: int,
+    same_database: bool,
+) -> int:
+    total = 0
+    while not stop.is_set():
+        cutoff = sink.partitions.expired_before()
+        async with source.connection() as conn:
+            cur = await conn.execute(
+                _PLAN, (cutoff, cutoff, last, since, end, batch_size), prepare=False
+            )
+            plan = await cur.fetchone()
+        if plan is None or plan[0] is None:
+            break
+        hi, expired, days = int(plan[0]), int(plan[1]), plan[2] or []
+        if sink.path == "plain":
+            await sink.partitions.ensure(d for d in days if isinstance(d, date))
+        if same_database:
+            result = await sink.load_source_range(
+                last, hi, since=since, until=until, origin=ORIGIN, stop=stop
+            )
+            async with source.connection() as conn:
+                cur = await conn.execute(
+                    SOURCE_SELECT + SOURCE_LEFTOVERS,  # noqa: S608 - constant SQL
+                    sink.params_for_leftovers(last, hi, since, until),
+                    prepare=False,
+                )
+                leftovers = await cur.fetchall()
+        else:
+            result, leftovers = await sink.load_streamed_range(
+                source, last, hi, since=since, until=until, origin=ORIGIN, stop=stop
+            )
+        if leftovers:
+            rows, rejects = to_rows(leftovers, ORIGIN)
+            await sink.load(rows, rejects, origin=ORIGIN, stop=stop)
+        if expired:
+            sink.stats.expired(expired)
+        total += result.inserted + len(leftovers) + expired
+        last = hi
     return total

@@ -29,7 +29,7 @@ from .deadletter import DeadLetters, Reject
 from .partitions import Partitions
 from .stats import EtlStats
 from .target import Path
-from .transform import TargetRow
+from .transform import SEVERITIES, TargetRow
 
 log = get_logger(__name__)
 
@@ -77,6 +77,46 @@ WITH ins AS (
 )
 SELECT count(*), max(created_at), min(created_at), 0 FROM ins
 """
+# Same database: rows go from `audit_logs` to `audit_logs_ts` without leaving the server.
+# The filter is `transform.from_source`'s fast path; rows failing it take the row path.
+_FROM_STAGE = "FROM etl_stage ORDER BY source_id"
+_FROM_SOURCE = """FROM audit_logs
+    WHERE id > %(lo)s AND id <= %(hi)s AND created_at >= %(since)s AND created_at < %(until)s
+      AND created_at >= %(cutoff)s
+      AND jsonb_typeof(details) = 'object' AND severity = ANY(%(severities)s)
+    ORDER BY id"""
+_LOAD_PLAIN_FROM_SOURCE = _LOAD_PLAIN.replace(_FROM_STAGE, _FROM_SOURCE).replace(
+    "SELECT source_id, created_at", "SELECT id, created_at"
+)
+_LOAD_TIMESCALE_FROM_SOURCE = _LOAD_TIMESCALE.replace(_FROM_STAGE, _FROM_SOURCE).replace(
+    "SELECT source_id, created_at", "SELECT id, created_at"
+)
+# Separate target: a source range streamed byte for byte (COPY TO → COPY FROM) into the
+# staging table, then the same filtered INSERT … SELECT; what the filter leaves is read back.
+_VALID = """created_at >= %(cutoff)s
+      AND jsonb_typeof(details) = 'object' AND severity = ANY(%(severities)s)"""
+SOURCE_RANGE_COPY = """COPY (
+    SELECT id, created_at, intent_id, actor, action, severity, details FROM audit_logs
+    WHERE id > %(lo)s AND id <= %(hi)s AND created_at >= %(since)s AND created_at < %(until)s
+) TO STDOUT"""
+_FROM_STAGE_VALID = "FROM etl_stage WHERE " + _VALID + " ORDER BY source_id"
+_LOAD_PLAIN_FROM_STAGE_VALID = _LOAD_PLAIN.replace(_FROM_STAGE, _FROM_STAGE_VALID)
+_LOAD_TIMESCALE_FROM_STAGE_VALID = _LOAD_TIMESCALE.replace(_FROM_STAGE, _FROM_STAGE_VALID)
+_STAGE_LEFTOVERS = """
+SELECT source_id, created_at, intent_id, actor, action, severity, details::text,
+       jsonb_typeof(details)
+FROM etl_stage
+WHERE created_at >= %(cutoff)s
+  AND NOT (jsonb_typeof(details) = 'object' AND severity = ANY(%(severities)s))
+ORDER BY source_id
+"""
+#: rows of an id range that the same-database load leaves to the row path
+SOURCE_LEFTOVERS = """
+    WHERE id > %(lo)s AND id <= %(hi)s AND created_at >= %(since)s AND created_at < %(until)s
+      AND created_at >= %(cutoff)s
+      AND NOT (jsonb_typeof(details) = 'object' AND severity = ANY(%(severities)s))
+    ORDER BY id"""
+
 #: errors worth retrying the same batch for (the database, not the data)
 _TRANSIENT = (
     psycopg.OperationalError,
@@ -172,6 +212,132 @@ class Sink:
         if result.dead_lettered:
             self.stats.dead_lettered(origin, result.dead_lettered)
         return result
+
+    async def load_source_range(
+        self,
+        lo: int,
+        hi: int,
+        *,
+        since: datetime,
+        until: datetime | None,
+        origin: str,
+        stop: asyncio.Event | None = None,
+    ) -> LoadResult:
+        """Same database only: load source ids `lo < id <= hi` created in `[since, until)`
+        with one server-side INSERT … SELECT (the caller made the partitions). Rows the
+        filter leaves out are for the caller to load through `load` (they need checks)."""
+        started = time.monotonic()
+        params = {
+            "lo": lo,
+            "hi": hi,
+            "since": since,
+            "until": until or datetime.max.replace(tzinfo=UTC),
+            "cutoff": self.partitions.expired_before(),
+            "severities": sorted(SEVERITIES),
+        }
+        sql = _LOAD_PLAIN_FROM_SOURCE if self.path == "plain" else _LOAD_TIMESCALE_FROM_SOURCE
+        backoff = Backoff(base=0.2, cap=5.0)
+        while True:
+            try:
+                async with self.pool.connection() as conn:
+                    async with conn.transaction():
+                        cur = await conn.execute(sql, params, prepare=False)
+                        rec = await cur.fetchone()
+                break
+            except _TRANSIENT as exc:
+                delay = backoff.next_delay()
+                log.warning("load.retry", origin=origin, error=str(exc).strip(), retry_in=delay)
+                if stop is None:
+                    await asyncio.sleep(delay)
+                    continue
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except TimeoutError:
+                    continue
+                raise Stopping from exc
+        assert rec is not None
+        result = LoadResult(inserted=int(rec[0]), newest_inserted=rec[1])
+        if self.path == "timescale" and rec[2] is not None:
+            self._note_refresh(rec[2], rec[1])
+        self.stats.loaded(origin, result.inserted, 0, time.monotonic() - started)
+        self.stats.committed(origin, result.newest_inserted)
+        return result
+
+    async def load_streamed_range(
+        self,
+        source: AsyncConnectionPool,
+        lo: int,
+        hi: int,
+        *,
+        since: datetime,
+        until: datetime | None,
+        origin: str,
+        stop: asyncio.Event | None = None,
+    ) -> tuple[LoadResult, list[Any]]:
+        """Separate target: stream source ids `lo < id <= hi` created in `[since, until)`
+        into staging and load them with one INSERT … SELECT (the caller made the
+        partitions). Returns the result and the staged rows the filter left out, in
+        `transform.from_source` form, for the caller to load through `load`."""
+        started = time.monotonic()
+        params = self.params_for_leftovers(lo, hi, since, until)
+        load = (
+            _LOAD_PLAIN_FROM_STAGE_VALID
+            if self.path == "plain"
+            else _LOAD_TIMESCALE_FROM_STAGE_VALID
+        )
+        backoff = Backoff(base=0.2, cap=5.0)
+        while True:
+            try:
+                async with self.pool.connection() as conn, source.connection() as sconn:
+                    async with conn.transaction(), sconn.transaction():
+                        # both sides render and read times the same way
+                        await sconn.execute("SET LOCAL DateStyle = 'ISO, MDY'")
+                        await conn.execute("SET LOCAL DateStyle = 'ISO, MDY'")
+                        if conn not in self._staged:
+                            await conn.execute(_STAGE_DDL)
+                            self._staged.add(conn)
+                        async with sconn.cursor() as scur, conn.cursor() as cur:
+                            async with (
+                                scur.copy(SOURCE_RANGE_COPY, params) as out,
+                                cur.copy(_COPY) as inp,
+                            ):
+                                async for chunk in out:
+                                    await inp.write(chunk)
+                            await cur.execute(load, params, prepare=False)
+                            rec = await cur.fetchone()
+                            await cur.execute(_STAGE_LEFTOVERS, params, prepare=False)
+                            leftovers = await cur.fetchall()
+                break
+            except _TRANSIENT as exc:
+                delay = backoff.next_delay()
+                log.warning("load.retry", origin=origin, error=str(exc).strip(), retry_in=delay)
+                if stop is None:
+                    await asyncio.sleep(delay)
+                    continue
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except TimeoutError:
+                    continue
+                raise Stopping from exc
+        assert rec is not None
+        result = LoadResult(inserted=int(rec[0]), newest_inserted=rec[1])
+        if self.path == "timescale" and rec[2] is not None:
+            self._note_refresh(rec[2], rec[1])
+        self.stats.loaded(origin, result.inserted, 0, time.monotonic() - started)
+        self.stats.committed(origin, result.newest_inserted)
+        return result, leftovers
+
+    def params_for_leftovers(
+        self, lo: int, hi: int, since: datetime, until: datetime | None
+    ) -> dict[str, object]:
+        return {
+            "lo": lo,
+            "hi": hi,
+            "since": since,
+            "until": until or datetime.max.replace(tzinfo=UTC),
+            "cutoff": self.partitions.expired_before(),
+            "severities": sorted(SEVERITIES),
+        }
 
     async def _load_once(
         self, batch: list[TargetRow], rejects: list[Reject], origin: str
