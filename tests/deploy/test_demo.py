@@ -89,7 +89,8 @@ def test_sigterm_stops_the_demo_cleanly(migrated_dsn: str) -> None:
         [*DEMO, "--dsn", migrated_dsn, "--rate", "50"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    time.sleep(0.5)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("demo: writing")  # handlers are installed
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0

@@ -44,14 +44,15 @@ TITLES = (
     "Reconcile ledger batch {n}",
 )
 ACTORS = ("alice", "bob", "carol", "dave", "svc-billing", "svc-scheduler", "svc-sync", "ops-bot")
+#: background audit events and how often each occurs relative to the others
 NOISE = (
-    ("user.login", "info", {"method": "sso"}),
-    ("user.login_failed", "warning", {"reason": "bad password"}),
-    ("webhook.delivered", "debug", {"status": 200}),
-    ("webhook.timeout", "error", {"timeout_ms": 5000}),
-    ("payment.retry", "warning", {"attempt": 2}),
-    ("db.replica_lag", "critical", {"lag_seconds": 42}),
-    ("config.changed", "info", {"key": "feature.flags"}),
+    ("user.login", "info", {"method": "sso"}, 30),
+    ("user.login_failed", "warning", {"reason": "bad password"}, 8),
+    ("webhook.delivered", "debug", {"status": 200}, 25),
+    ("webhook.timeout", "error", {"timeout_ms": 5000}, 5),
+    ("payment.retry", "warning", {"attempt": 2}, 8),
+    ("db.replica_lag", "critical", {"lag_seconds": 42}, 1),
+    ("config.changed", "info", {"key": "feature.flags"}, 4),
 )
 FAIL_REASONS = (
     "upstream timeout",
@@ -167,7 +168,7 @@ class Traffic:
         return True
 
     def noise(self) -> None:
-        action, severity, details = rng.choice(NOISE)
+        ((action, severity, details, _),) = rng.choices(NOISE, weights=[n[3] for n in NOISE])
         self.audit(None, action, severity, details)
 
     def step(self) -> None:

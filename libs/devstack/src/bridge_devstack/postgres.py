@@ -45,8 +45,9 @@ def _redact(dsn: str) -> str:
         params = conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         return dsn
-    if params.get("password"):
-        params["password"] = "***"  # noqa: S105 - masking, not a secret
+    if not params.get("password"):
+        return dsn
+    params["password"] = "***"  # noqa: S105 - masking, not a secret
     return conninfo.make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
 
 
