@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+from bridge_alerter.__main__ import main
 from bridge_common.channels import Channels
 
 from .conftest import rules_yaml, wait_until
@@ -59,7 +61,24 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-def test_check_lists_every_error_with_its_line(tmp_path: Path) -> None:
+@pytest.fixture
+def cli_in_process(monkeypatch, capsys):  # noqa: ANN001, ANN201
+    """The same command line, run in this process (no interpreter start-up per call)."""
+
+    def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            with pytest.raises(SystemExit) as info:
+                main(list(args))
+        out = capsys.readouterr()
+        code = info.value.code
+        return subprocess.CompletedProcess(args, int(code or 0), out.out, out.err)
+
+    return run
+
+
+def test_check_lists_every_error_with_its_line(tmp_path: Path, cli_in_process) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(BAD)
     res = cli("check", str(bad))
@@ -73,19 +92,21 @@ def test_check_lists_every_error_with_its_line(tmp_path: Path) -> None:
     assert lines[3] == f"3 error(s) in {bad}"
     good = tmp_path / "good.yaml"
     good.write_text(rules_yaml("http://127.0.0.1:9", RULE.format(threshold=5)))
-    res = cli("check", str(good))
+    res = cli_in_process("check", str(good), env={})
     assert res.returncode == 0 and "OK (1 rules, 2 channels)" in res.stdout
-    assert cli("check", str(tmp_path / "missing.yaml")).returncode == 1
+    assert cli_in_process("check", str(tmp_path / "missing.yaml"), env={}).returncode == 1
 
 
-def test_invalid_rules_at_start_exit_2_with_one_line(tmp_path: Path, redis_url: str) -> None:
+def test_invalid_rules_at_start_exit_2_with_one_line(
+    tmp_path: Path, redis_url: str, cli_in_process
+) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(BAD)
     res = cli("--rules", str(bad), env={"BRIDGE_REDIS_URL": redis_url})
     assert res.returncode == 2
     [line] = res.stderr.strip().splitlines()
     assert line.startswith(f"alerter: invalid rules file: 3 errors in {bad}: line 6:")
-    res = cli(env={"BRIDGE_ALERT_RULES": str(tmp_path / "nope.yaml")})
+    res = cli_in_process(env={"BRIDGE_ALERT_RULES": str(tmp_path / "nope.yaml")})
     assert res.returncode == 2 and "cannot read" in res.stderr
 
 
@@ -124,7 +145,7 @@ def test_sighup_reload_applies_valid_and_keeps_old_on_invalid(
     assert proc.stop() == 0
 
 
-def test_test_notify_sends_to_webhook_and_slack(alerter_env, receiver) -> None:
+def test_test_notify_sends_to_webhook_and_slack(alerter_env, receiver, cli_in_process) -> None:
     Path(alerter_env["BRIDGE_ALERT_RULES"]).write_text(
         rules_yaml(receiver.url, RULE.format(threshold=1))
     )
@@ -134,12 +155,12 @@ def test_test_notify_sends_to_webhook_and_slack(alerter_env, receiver) -> None:
     sig = hmac.new(b"s3cret", hook.body, hashlib.sha256).hexdigest()
     assert hook.headers["x-bridge-signature"] == f"sha256={sig}"
     assert hook.json()["rule"] == "bridge_alerter_test"
-    assert cli("test-notify", "--channel", "slack", env=alerter_env).returncode == 0
+    assert cli_in_process("test-notify", "--channel", "slack", env=alerter_env).returncode == 0
     assert "TEST" in receiver.delivered("/slack")[0].json()["text"]
-    res = cli("test-notify", "--channel", "nope", env=alerter_env)
+    res = cli_in_process("test-notify", "--channel", "nope", env=alerter_env)
     assert res.returncode == 2 and "unknown channel 'nope'" in res.stderr
     receiver.script("/hook", *[_answer(404)])
-    res = cli("test-notify", "--channel", "hook", env=alerter_env)
+    res = cli_in_process("test-notify", "--channel", "hook", env=alerter_env)
     assert res.returncode == 1 and "HTTP 404" in res.stderr
 
 
@@ -149,11 +170,11 @@ def _answer(status: int):  # noqa: ANN202
     return Answer(status)
 
 
-def test_silence_add_list_expire(spawn, alerter_env, receiver, feed, r, ns) -> None:
+def test_silence_add_list_expire(spawn, alerter_env, receiver, feed, r, ns, cli_in_process) -> None:
     Path(alerter_env["BRIDGE_ALERT_RULES"]).write_text(
         rules_yaml(receiver.url, RULE.format(threshold=10))
     )
-    res = cli(
+    res = cli_in_process(
         "silence",
         "add",
         "--rule",
@@ -166,7 +187,7 @@ def test_silence_add_list_expire(spawn, alerter_env, receiver, feed, r, ns) -> N
     )
     assert res.returncode == 0, res.stderr
     silence_id = res.stdout.strip()
-    listing = cli("silence", "list", env=alerter_env).stdout
+    listing = cli_in_process("silence", "list", env=alerter_env).stdout
     assert silence_id in listing and "conn_high" in listing and "deploy" in listing
     feed.set({"gateway.connections": 50})
     proc = spawn("alerter", alerter_env)
@@ -184,14 +205,19 @@ def test_silence_add_list_expire(spawn, alerter_env, receiver, feed, r, ns) -> N
     time.sleep(0.5)
     assert not receiver.requests
     # the silence ends: the still-firing alert is notified now
-    res = cli("silence", "expire", silence_id, env=alerter_env)
+    res = cli_in_process("silence", "expire", silence_id, env=alerter_env)
     assert res.returncode == 0
     [hook] = receiver.wait(lambda: receiver.delivered("/hook"), what="notified after expiry")
     assert hook.json()["state"] == "firing"
-    assert silence_id not in cli("silence", "list", env=alerter_env).stdout
-    assert silence_id in cli("silence", "list", "--all", env=alerter_env).stdout
-    res = cli("silence", "add", "--rule", "typo", "--for", "1m", env=alerter_env)
+    assert silence_id not in cli_in_process("silence", "list", env=alerter_env).stdout
+    assert silence_id in cli_in_process("silence", "list", "--all", env=alerter_env).stdout
+    res = cli_in_process("silence", "add", "--rule", "typo", "--for", "1m", env=alerter_env)
     assert res.returncode == 0 and "has no rule 'typo'" in res.stderr
-    assert cli("silence", "expire", "nosuch", env=alerter_env).returncode == 1
-    assert cli("silence", "add", "--rule", "x", "--for", "later", env=alerter_env).returncode == 2
+    assert cli_in_process("silence", "expire", "nosuch", env=alerter_env).returncode == 1
+    assert (
+        cli_in_process(
+            "silence", "add", "--rule", "x", "--for", "later", env=alerter_env
+        ).returncode
+        == 2
+    )
     assert proc.stop() == 0
