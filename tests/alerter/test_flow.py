@@ -209,6 +209,12 @@ def test_stale_snapshot_is_not_evaluated(spawn, alerter_env, receiver, r, ns, re
     proc = spawn("alerter", alerter_env)
     wait_until(lambda: '"snapshot.stale"' in proc.logs(), what="stale snapshot skipped")
     assert r.hlen(Channels(ns).alert_state) == 0 and not receiver.requests
+    # junk in the stream and in the outbox is skipped, never fatal
+    r.xadd(Channels(ns).snapshot_stream, {"snapshot": b"{not json"})
+    r.hset(Channels(ns).alert_outbox, "1:hook", b"junk")
+    wait_until(lambda: '"snapshot.invalid"' in proc.logs(), what="junk snapshot skipped")
+    wait_until(lambda: r.hlen(Channels(ns).alert_outbox) == 0, what="junk outbox entry dropped")
+    assert proc.alive()
     asyncio.run(publish(time.time(), 99))  # fresh figures: evaluated
     [hook] = receiver.wait(lambda: receiver.delivered("/hook"), what="fires on fresh data")
     assert hook.json()["value"] == 99

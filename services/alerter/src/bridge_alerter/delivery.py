@@ -61,7 +61,6 @@ class Dispatcher:
         self.publisher = publisher
         self._queues: dict[str, asyncio.Queue[Delivery]] = {}
         self._inflight: set[str] = set()
-        self._wake = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._stop: asyncio.Event | None = None
         #: Slack URL → monotonic time of its last message (shared by channels with one URL)
@@ -75,13 +74,14 @@ class Dispatcher:
             self._offer(d)
 
     def _offer(self, d: Delivery) -> None:
-        if d.field in self._inflight or self._tg is None:
+        if d.field in self._inflight or self._tg is None or self._stop is None:
             return
+        if self._stop.is_set():
+            return  # shutting down: it stays in the outbox for the next leader
         queue = self._queues.get(d.channel)
         if queue is None:
             queue = asyncio.Queue(self.settings.channel_queue_size)
             self._queues[d.channel] = queue
-            assert self._stop is not None
             self._tg.create_task(
                 self._channel_worker(d.channel, queue, self._stop), name=f"deliver:{d.channel}"
             )
@@ -91,9 +91,6 @@ class Dispatcher:
             return
         self._inflight.add(d.field)
         metrics.QUEUE_DEPTH.labels(d.channel).set(queue.qsize())
-
-    def wake(self) -> None:
-        self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
@@ -112,11 +109,8 @@ class Dispatcher:
                 metrics.OUTBOX.set(await self.store.outbox_size())
             except Exception as exc:  # noqa: BLE001 - Redis trouble: sweep again later
                 log.warning("outbox.sweep_failed", error=str(exc))
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    _wait_either(self._wake, stop), self.settings.outbox_sweep_interval
-                )
+                await asyncio.wait_for(stop.wait(), self.settings.outbox_sweep_interval)
 
     # -- sending ----------------------------------------------------------------------------
     async def _channel_worker(

@@ -98,13 +98,17 @@ class AlertStore:
     async def pending(self, limit: int = 10_000) -> list[Delivery]:
         """Undelivered notifications, oldest first (at most `limit`)."""
         out: list[Delivery] = []
-        async for _, raw in self.client.hscan_iter(self.channels.alert_outbox, count=500):
+        junk: list[Any] = []
+        async for field, raw in self.client.hscan_iter(self.channels.alert_outbox, count=500):
             try:
                 out.append(_delivery_decoder.decode(raw))
             except (msgspec.DecodeError, msgspec.ValidationError):
+                junk.append(field)  # not ours to send; would be rescanned forever
                 continue
             if len(out) >= limit:
                 break
+        if junk:
+            await self.client.hdel(self.channels.alert_outbox, *junk)
         out.sort(key=lambda d: d.id)
         return out
 
