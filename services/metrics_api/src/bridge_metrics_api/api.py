@@ -33,8 +33,9 @@ Handler = Callable[[Request], Awaitable[Any]]
 
 
 def json_response(body: Any, status: int = 200) -> Response:
+    """JSON from Python values, or already-encoded JSON bytes as they are."""
     return Response(
-        dumps(body),
+        body if isinstance(body, bytes) else dumps(body),
         status_code=status,
         media_type="application/json",
         headers={"Cache-Control": "no-store"},
@@ -64,7 +65,7 @@ class MetricsApi:
         self, sources: Sources, *, overview_ttl: float = 1.0, bucket_ttl: float = 30.0
     ) -> None:
         self.src = sources
-        self.overview_cache: SingleFlight[dict[str, Any]] = SingleFlight(overview_ttl)
+        self.overview_cache: SingleFlight[bytes] = SingleFlight(overview_ttl)
         self.buckets = SettledBuckets(bucket_ttl)
 
     def routes(self) -> list[BaseRoute]:
@@ -95,8 +96,9 @@ class MetricsApi:
     async def overview(self, request: Request) -> Any:
         params.no_params(_names(request))
 
-        async def compute() -> dict[str, Any]:
-            return (await collect(self.src)).as_json()
+        async def compute() -> bytes:
+            # encoded once per refresh, sent as is to every caller
+            return dumps((await collect(self.src)).as_json())
 
         return await self.overview_cache.get(compute)
 
