@@ -18,6 +18,7 @@ from psycopg import sql
 _TS_COMMIT = "coalesce(pg_xact_commit_timestamp(xmin), created_at)"
 _TS_INSERT = "created_at"
 _ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"""
+_DELETE = b"DELETE FROM bridge.outbox WHERE seq = ANY(%s::bigint[])"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,45 +51,43 @@ class Outbox:
         row = await cur.fetchone()
         self.commit_ts = bool(row and row[0])
         ts = _TS_COMMIT if self.commit_ts else _TS_INSERT
-        # One round trip prunes the previous batch (already in Redis) and reads the next;
-        # the SELECT sees the snapshot from before the DELETE, hence the exclusion.
         self._select = sql.SQL(
-            "WITH pruned AS (DELETE FROM bridge.outbox WHERE seq = ANY(%(prune)s::bigint[])) "
             "SELECT seq, topic, op, key, payload::text, "
             "to_char(({ts}) AT TIME ZONE 'UTC', {iso}) "
-            "FROM bridge.outbox WHERE seq <> ALL(%(prune)s::bigint[]) "
-            "ORDER BY seq LIMIT %(limit)s"
+            "FROM bridge.outbox ORDER BY seq LIMIT %s"
         ).format(ts=sql.SQL(ts), iso=sql.SQL(_ISO))
 
     async def fetch(self, limit: int, prune: list[int]) -> list[OutboxRow]:
         """Delete the `prune` rows (Redis holds them), then return the `limit` lowest-seq
-        committed rows, in seq order. Both happen in one statement, so atomically."""
+        committed rows, in seq order — pipelined, so one round trip for both."""
         assert self._select is not None, "setup() first"
-        cur = await self.conn.execute(self._select, {"prune": prune, "limit": limit})
-        return [OutboxRow(*r) for r in await cur.fetchall()]
+        async with self.conn.pipeline():
+            if prune:
+                await self.conn.execute(_DELETE, (prune,))
+            cur = await self.conn.execute(self._select, (limit,))
+            rows = await cur.fetchall()
+        return [OutboxRow(*r) for r in rows]
 
     async def delete(self, seqs: list[int]) -> int:
         """Prune rows Redis already holds."""
         if not seqs:
             return 0
-        cur = await self.conn.execute(
-            b"DELETE FROM bridge.outbox WHERE seq = ANY(%s::bigint[])", (seqs,)
-        )
+        cur = await self.conn.execute(_DELETE, (seqs,))
         return cur.rowcount
 
     async def stats(self, published: list[int]) -> OutboxStats:
         """Rows waiting, and the age of the oldest one (0 when empty), not counting the
         `published` rows that wait only for their prune."""
         cur = await self.conn.execute(
-            "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - "
-            "(SELECT created_at FROM bridge.outbox WHERE seq <> ALL(%(p)s::bigint[]) "
-            "ORDER BY seq LIMIT 1)), 0)::float8 "
-            "FROM bridge.outbox WHERE seq <> ALL(%(p)s::bigint[])",
-            {"p": published},
+            "SELECT (SELECT count(*) FROM bridge.outbox), coalesce(extract(epoch FROM "
+            "clock_timestamp() - (SELECT created_at FROM bridge.outbox "
+            "WHERE seq NOT IN (SELECT unnest(%s::bigint[])) ORDER BY seq LIMIT 1)), 0)::float8",
+            (published,),
         )
         row = await cur.fetchone()
         assert row is not None
-        return OutboxStats(backlog=int(row[0]), lag_seconds=max(0.0, float(row[1])))
+        backlog = max(0, int(row[0]) - len(published))
+        return OutboxStats(backlog=backlog, lag_seconds=max(0.0, float(row[1])))
 
     async def watched_topics(self) -> list[str]:
         cur = await self.conn.execute("SELECT topic FROM bridge.watched_tables ORDER BY topic")
