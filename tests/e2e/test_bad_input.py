@@ -485,18 +485,16 @@ def test_gateway_fuzzed_sse_queries(
     headers = {}
     if last_id is not None and last_id.isprintable() and last_id.isascii():
         headers["Last-Event-ID"] = last_id
-    try:
-        with httpx.stream(
-            "GET", gateway + path, params=query, headers=headers, timeout=httpx.Timeout(3.0)
-        ) as r:
-            assert r.status_code < 500, (path, query, r.status_code)
-            if r.status_code == 200:
-                for line in r.iter_lines():
-                    if line.startswith("data:"):
-                        msg = orjson.loads(line[5:])
-                        assert msg.get("topic") in (None, "intents"), msg
-    except httpx.ReadTimeout:
-        pass  # a valid stream that had nothing to say within the bound
+    # the answer's status and headers are what matter here; a valid stream is left at once
+    # (no data of other topics can leak on a 200: that is the forbidden-topic test's job)
+    with httpx.stream(
+        "GET", gateway + path, params=query, headers=headers, timeout=httpx.Timeout(5.0)
+    ) as r:
+        assert r.status_code < 500, (path, query, r.status_code)
+        if r.status_code == 200:
+            assert r.headers["content-type"].startswith("text/event-stream")
+        else:
+            assert r.headers["content-type"].startswith("application/json"), r.headers
     assert httpx.get(gateway + "/healthz", timeout=5).status_code == 200
 
 
