@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import subprocess
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -104,3 +106,29 @@ def test_taken_and_duplicate_ports_are_refused() -> None:
     with pytest.raises(StackError, match="give every service its own port"):
         require_free("127.0.0.1", [("a", "BRIDGE_A_PORT", free), ("b", "BRIDGE_B_PORT", free)])
     require_free("127.0.0.1", [("a", "BRIDGE_A_PORT", free)])
+
+
+def test_redis_left_running_by_a_killed_run_is_replaced(tmp_path: Path) -> None:
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    binary = redis_server.server_binary()
+    assert binary is not None
+    port = infra.free_port()
+    leftover = subprocess.Popen(
+        [binary, "--port", str(port), "--dir", str(folder), "--appendonly", "yes",
+         "--pidfile", str(folder / redis_server.PIDFILE), "--save", ""],
+        stdout=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not (folder / redis_server.PIDFILE).exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with redis_server.provide(f"redis://127.0.0.1:{port}/0", None, tmp_path, "embedded") as r:
+            assert leftover.wait(10) == 0  # asked to stop (SIGTERM), not killed
+            assert r.pid != leftover.pid
+            assert redis_server.answers(r.url) is None
+    finally:
+        if leftover.poll() is None:
+            leftover.kill()
+            leftover.wait(5)

@@ -4,6 +4,7 @@ keeping its append-only file under `<data>/redis` so a second `just up` finds th
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -25,6 +26,7 @@ from .ports import free_port, port_free
 from .signals import shielded
 
 Mode = Literal["auto", "embedded", "external"]
+PIDFILE = "redis-server.pid"
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ def embedded(data_dir: Path, configured_url: str) -> Iterator[Redis]:
         )
     folder = (data_dir / "redis").resolve()
     folder.mkdir(parents=True, exist_ok=True)
+    _stop_leftover(folder)
     port = _port_for(configured_url)
     argv = [
         binary,
@@ -115,6 +118,8 @@ def embedded(data_dir: Path, configured_url: str) -> Iterator[Redis]:
         "no",
         "--logfile",
         str(folder / "redis.log"),
+        "--pidfile",
+        str(folder / PIDFILE),
     ]
     # its own session: the terminal's Ctrl-C must not stop Redis before the services
     proc = subprocess.Popen(  # noqa: S603 - a redis-server we located
@@ -134,6 +139,23 @@ def embedded(data_dir: Path, configured_url: str) -> Iterator[Redis]:
         yield Redis(url=url, kind="embedded", pid=proc.pid, binary=binary)
     finally:
         stop_process(proc)
+
+
+def _stop_leftover(folder: Path) -> None:
+    """A redis-server an earlier, killed `just up` left running on this folder: stop it,
+    or two servers would append to one file."""
+    try:
+        pid = int((folder / PIDFILE).read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except (FileNotFoundError, ValueError, IndexError, ProcessLookupError):
+        return
+    if "redis-server" not in cmdline:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _log_tail(log: Path) -> list[str]:
