@@ -9,12 +9,15 @@ import asyncio
 import json
 import shutil
 import signal
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import jwt
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
+from tests.client.conftest import JWT_SECRET
 from tests.client.proxies import no_websocket_proxy, static_page
 from tests.client.stream import ticker
 from tests.support.cluster import RedisNode
@@ -36,13 +39,27 @@ async def browser() -> AsyncIterator[Browser]:
             await b.close()
 
 
-def page_html(gateway_url: str, topic: str, options: dict[str, Any], since: str | None) -> str:
-    """A page that imports the gateway's client.js and records what it sees on `window`."""
+def page_html(
+    gateway_url: str,
+    topic: str,
+    options: dict[str, Any],
+    since: str | None,
+    tokens: list[str] | None = None,
+) -> str:
+    """A page that imports the gateway's client.js and records what it sees on `window`.
+
+    `tokens`: what the page's tokenProvider answers, in turn (the last one repeats)."""
+    provider = ""
+    if tokens is not None:
+        provider = f"""
+  const tokens = {json.dumps(tokens)};
+  options.tokenProvider = async () => tokens.length > 1 ? tokens.shift() : tokens[0];"""
     return f"""<!doctype html><meta charset="utf-8"><title>client.js test</title>
 <script type="module">
   import {{ BridgeClient }} from "{gateway_url}/client.js";
   window.seen = []; window.errors = []; window.lives = [];
-  const client = new BridgeClient("{gateway_url}", {json.dumps(options)});
+  const options = {json.dumps(options)};{provider}
+  const client = new BridgeClient("{gateway_url}", options);
   window.client = client;
   client.subscribe("{topic}", {{
     since: {json.dumps(since)},
@@ -131,6 +148,28 @@ async def test_browser_reports_history_lost_then_stays_live(
             await tick.publish(401)
             await wait_for(page, "window.seen.length >= 1")
             assert await page.evaluate("window.seen") == [401]
+        finally:
+            await page.close()
+            await server.__aexit__(None, None, None)
+
+
+async def test_browser_asks_the_token_provider_again_after_a_refused_token(
+    browser: Browser, module_jwt_gateway: ServiceProcess, module_redis: RedisNode, namespace: str
+) -> None:
+    claims = {"sub": "page", "exp": int(time.time()) + 300, "topics": ["secured"]}
+    stale = jwt.encode(claims, "an-old-secret-that-was-rotated-away-0123456789", algorithm="HS256")
+    good = jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+    async with ticker(module_redis.url, namespace, "secured") as tick:
+        page, server = await open_page(
+            browser, page_html(module_jwt_gateway.url, "secured", FAST, None, [stale, good])
+        )
+        try:
+            await wait_for(page, "window.lives.length >= 1")
+            assert await page.evaluate("window.client.tokenRequests") >= 2
+            await tick.publish(1)
+            await wait_for(page, "window.seen.length >= 1")
+            assert await page.evaluate("window.seen") == [1]
+            assert await page.evaluate("window.errors") == []
         finally:
             await page.close()
             await server.__aexit__(None, None, None)

@@ -62,10 +62,10 @@ async def test_reconnect_delays_stay_within_the_backoff_bounds() -> None:
         await server.wait_closed()
 
     gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
-    assert len(attempts) >= 6  # it kept trying
+    assert len(attempts) >= 4  # it kept trying
     # full jitter averages half the ceiling: 3 s at <= 0.2 s mean is far below 300 tries
     assert len(attempts) < 300
-    slack = 0.3  # connect + scheduling on a shared, busy machine
+    slack = 1.0  # connect + scheduling on a shared, busy machine
     for i, gap in enumerate(gaps):
         assert gap <= backoff_ceiling(i, policy.base, policy.cap) + slack, (i, gaps)
     assert max(gaps) <= policy.cap + slack

@@ -122,6 +122,7 @@ class BridgeClient:
         self._token_provider = token_provider
         self._subs: dict[str, Subscription] = {}
         self._sse_streams: dict[Subscription, asyncio.Task[None]] = {}
+        self._retired: set[asyncio.Task[None]] = set()
         self._changed_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
@@ -158,7 +159,9 @@ class BridgeClient:
         for sub in list(self._subs.values()):
             sub._end()
         self._subs.clear()
-        tasks = [t for t in [self._task, *self._sse_streams.values()] if t is not None]
+        tasks = [
+            t for t in [self._task, *self._sse_streams.values(), *self._retired] if t is not None
+        ]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -203,11 +206,14 @@ class BridgeClient:
         return list(self._subs.values())
 
     def _forget(self, sub: Subscription) -> None:
+        """Drop a closed or failed subscription (its topic is free again)."""
         if self._subs.get(sub.topic) is sub:
             del self._subs[sub.topic]
         task = self._sse_streams.pop(sub, None)
-        if task is not None:
+        if task is not None and task is not asyncio.current_task():
             task.cancel()
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
         self._changed()
 
     def _changed(self) -> None:

@@ -182,6 +182,7 @@ class Subscription:
         if self._failure is None and not self._closed:
             self._failure = error
             self._wake()
+            self._client._forget(self)
 
     def _end(self) -> None:
         self._closed = True
