@@ -23,7 +23,6 @@ def test_bad_configuration_exits_2_with_one_line(bridge_env) -> None:
     for args, env, needle in [
         (["--batch-size", "0"], {}, "--batch-size"),
         ([], {"BRIDGE_ETL_MODE": "sideways"}, "BRIDGE_ETL_MODE"),
-        ([], {"BRIDGE_ETL_RETENTION_DAYS": "0"}, "BRIDGE_ETL_RETENTION_DAYS"),
         (["backfill", "--since", "2026-01-01T00:00:00", "--until", "x"], {}, "--since"),
     ]:
         res = _run(args, {**bridge_env, **env})

@@ -107,13 +107,13 @@ def test_bad_events_go_to_the_dead_letter_stream(
 def test_kill_9_mid_stream_then_takeover_of_pending_entries(
     spawn, etl_env, clean, redis_url, namespace
 ) -> None:
-    insert_rows(clean, 30_000)
+    insert_rows(clean, 20_000)
     publish_rows(redis_url, namespace, clean)
-    env = {**etl_env, "BRIDGE_ETL_MODE": "event", "BRIDGE_ETL_BATCH_SIZE": "300"}
+    env = {**etl_env, "BRIDGE_ETL_MODE": "event", "BRIDGE_ETL_BATCH_SIZE": "200"}
     proc = spawn("etl", env)
-    wait_for(lambda: target_sum(clean)[0] >= 2000, 30, "first batches")
+    wait_for(lambda: target_sum(clean)[0] >= 1000, 30, "first batches")
     proc.kill()
-    assert target_sum(clean)[0] < 30_000, "the kill must land mid-stream"
+    assert target_sum(clean)[0] < 20_000, "the kill must land mid-stream"
     proc2 = spawn("etl", env)
     wait_converged(clean, 60)
     wait_for(lambda: _pending(redis_url, namespace) == 0, 20, "dead consumer's entries claimed")

@@ -101,14 +101,14 @@ def test_concurrent_writers_with_random_commit_order(spawn, etl_env, clean) -> N
 
 
 def test_kill_9_mid_batch_and_restart(spawn, etl_env, clean, redis_url, namespace) -> None:
-    insert_rows(clean, 40_000, hours=20)
-    env = {**etl_env, "BRIDGE_ETL_MODE": "polling", "BRIDGE_ETL_BATCH_SIZE": "300"}
+    insert_rows(clean, 20_000, hours=20)
+    env = {**etl_env, "BRIDGE_ETL_MODE": "polling", "BRIDGE_ETL_BATCH_SIZE": "200"}
     proc = spawn("etl", env)
-    wait_for(lambda: target_sum(clean)[0] >= 3000, 30, "first batches")
+    wait_for(lambda: target_sum(clean)[0] >= 1000, 30, "first batches")
     proc.kill()
     loaded = target_sum(clean)[0]
-    assert 0 < loaded < 40_000, "the kill must land mid-run"
-    insert_rows(clean, 2000, start=40_000)
+    assert 0 < loaded < 20_000, "the kill must land mid-run"
+    insert_rows(clean, 1000, start=20_000)
     proc2 = spawn("etl", env)
     want = wait_converged(clean, 60)
     assert target_sum(clean) == want
