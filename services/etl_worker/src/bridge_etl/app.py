@@ -85,6 +85,9 @@ class EtlWorker:
                             days = self.settings.retention_days
                             if await sync_timescale_retention(conn, days):
                                 self.log.info("timescale.retention_set", days=days)
+                        except psycopg.errors.InsufficientPrivilege as exc:
+                            # the migration's 90-day policy stays; say so and go on
+                            self.log.warning("timescale.retention_unchanged", error=str(exc))
                         finally:
                             await conn.set_autocommit(False)
                     return path
