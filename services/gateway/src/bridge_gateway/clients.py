@@ -94,6 +94,27 @@ def sse_frame(data: bytes, *, event: str | None = None, event_id: bytes | None =
     return head + b"data: " + data + b"\n\n"
 
 
+class _NoEvent:
+    """Stands in for the wake-up events of write-through clients (nobody waits on them)."""
+
+    def set(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+    def is_set(self) -> bool:
+        return True
+
+    async def wait(self) -> bool:
+        return True
+
+
+_NO_EVENT = _NoEvent()
+#: shared by write-through clients: a deque that keeps nothing
+_NO_QUEUE: deque[str | bytes] = deque(maxlen=0)
+
+
 class Client:
     """Connection state shared by the fan-out, the subscriptions and the transport writer."""
 
@@ -101,8 +122,6 @@ class Client:
         "transport",
         "principal",
         "limits",
-        "subscriptions",
-        "tasks",
         "_queue",
         "_queued_bytes",
         "wakeup",
@@ -118,16 +137,23 @@ class Client:
         "_stamp",
     )
 
-    def __init__(self, transport: Transport, principal: Principal, limits: Limits) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        principal: Principal,
+        limits: Limits,
+        *,
+        write_through: bool = False,
+    ) -> None:
         self.transport: Transport = transport
         self.principal = principal
         self.limits = limits
-        self.subscriptions: dict[str, object] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
-        self._queue: deque[str | bytes] = deque()
         self._queued_bytes = 0
-        self.wakeup = asyncio.Event()
-        self.room = asyncio.Event()
+        # write-through clients (see `sink`) need no buffer or events of their own: less
+        # memory per idle connection
+        self._queue: deque[str | bytes] = _NO_QUEUE if write_through else deque()
+        self.wakeup: asyncio.Event | _NoEvent = _NO_EVENT if write_through else asyncio.Event()
+        self.room: asyncio.Event | _NoEvent = _NO_EVENT if write_through else asyncio.Event()
         self.room.set()
         self.close_code: int | None = None
         self.close_reason = ""

@@ -76,8 +76,10 @@ class Gateway:
     def at_capacity(self) -> bool:
         return len(self.clients) >= self.settings.max_connections
 
-    def open_client(self, transport: Transport, principal: Principal) -> Client:
-        client = Client(transport, principal, self.limits)
+    def open_client(
+        self, transport: Transport, principal: Principal, *, write_through: bool = False
+    ) -> Client:
+        client = Client(transport, principal, self.limits, write_through=write_through)
         self.clients.add(client)
         metrics.CONNECTIONS.labels(transport).inc()
         self._gone.clear()

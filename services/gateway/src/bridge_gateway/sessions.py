@@ -38,6 +38,12 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
+def _forget_task(sub: Subscription, task: asyncio.Task[None]) -> None:
+    """A live subscription keeps no finished task (memory per idle connection)."""
+    if sub.task is task:
+        sub.task = None
+
+
 class Session:
     """The protocol state of one client connection."""
 
@@ -99,7 +105,9 @@ class Session:
             )
         sub = Subscription(self.client, topic, row_filter)
         self.subs[topic] = sub
-        sub.task = asyncio.get_running_loop().create_task(self._open(sub, since_id))
+        task = asyncio.get_running_loop().create_task(self._open(sub, since_id))
+        sub.task = task
+        task.add_done_callback(lambda _: _forget_task(sub, task))
         return sub
 
     def unsubscribe(self, topic: str) -> None:
@@ -110,11 +118,15 @@ class Session:
             sub.task.cancel("unsubscribed")
         self.gw.hub.detach(sub)
 
-    async def close(self) -> None:
+    def close_now(self) -> list[asyncio.Task[None]]:
+        """Drop every subscription at once; returns the tasks that were cancelled."""
         subs = list(self.subs.values())
         for topic in list(self.subs):
             self.unsubscribe(topic)
-        tasks = [s.task for s in subs if s.task is not None]
+        return [s.task for s in subs if s.task is not None]
+
+    async def close(self) -> None:
+        tasks = self.close_now()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*tasks, return_exceptions=True)
 

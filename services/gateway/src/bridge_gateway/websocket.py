@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
 from . import metrics
-from .auth import token_from
+from .auth import Principal, token_from
 from .clients import POLICY_VIOLATION, Client
 from .errors import GatewayError, Unauthorized
 from .sessions import Session
@@ -51,37 +51,64 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         await _deny(ws, 503, "unavailable", "too many connections")
         return
     await ws.accept()
-    client = gw.open_client("ws", principal)
     ext: Any = ws.scope.get("extensions", {}).get(EXTENSION)
-    writer: asyncio.Task[None] | None = None
     if ext is not None:
-        client.on_cut = ext["cut"]
-        client.sink = ext["write"]
-        client.wait_writable = ext["wait_writable"]
-    else:  # another ASGI server: a buffer and a writer task per connection
-        writer = asyncio.create_task(_write(ws, client))
+        _run_detached(gw, ws, principal, ext)
+        return
+    # another ASGI server: a buffer, a writer task and a reader loop per connection
+    client = gw.open_client("ws", principal)
     session = Session(gw, client)
+    writer = asyncio.create_task(_write(ws, client))
     try:
-        if ws.url.path.rstrip("/").endswith("/ws/intents"):
+        if _is_intents(ws):
             _auto_subscribe(session, ws)
         while True:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
                 break
-            if client.closing:
-                continue
-            if not client.allow_message():
-                client.cut(POLICY_VIOLATION, "rate limit exceeded", reason_label="flood")
-                continue
             frame = message.get("text")
-            if frame is None:
-                frame = message.get("bytes") or b""
-            session.handle_frame(frame)
+            _on_frame(client, session, frame if frame is not None else message.get("bytes") or b"")
     finally:
         await session.close()
-        if writer is not None:
-            await _stop_writer(writer, client)
+        await _stop_writer(writer, client)
         gw.close_client(client)
+
+
+def _is_intents(ws: WebSocket) -> bool:
+    return ws.url.path.rstrip("/").endswith("/ws/intents")
+
+
+def _on_frame(client: Client, session: Session, frame: str | bytes) -> None:
+    if client.closing:
+        return
+    if not client.allow_message():
+        client.cut(POLICY_VIOLATION, "rate limit exceeded", reason_label="flood")
+        return
+    try:
+        session.handle_frame(frame)
+    except Exception:
+        log.exception("ws.frame_failed")
+        client.cut(1011, "internal error", reason_label="error")
+
+
+def _run_detached(gw: Gateway, ws: WebSocket, principal: Principal, ext: Any) -> None:
+    """Write-through and callbacks: after this the connection needs no task of its own."""
+    client = gw.open_client("ws", principal, write_through=True)
+    client.on_cut = ext["cut"]
+    client.sink = ext["write"]
+    client.wait_writable = ext["wait_writable"]
+    session = Session(gw, client)
+
+    def on_frame(frame: str | bytes) -> None:
+        _on_frame(client, session, frame)
+
+    def on_gone() -> None:
+        session.close_now()
+        gw.close_client(client)
+
+    ext["detach"](on_frame, on_gone)
+    if _is_intents(ws):
+        _auto_subscribe(session, ws)
 
 
 async def _stop_writer(writer: asyncio.Task[None], client: Client) -> None:

@@ -1,5 +1,9 @@
-"""uvicorn's sans-I/O WebSocket protocol plus one capability the ASGI interface lacks:
-closing *now* with a code and reason even when the peer has stopped reading.
+"""uvicorn's sans-I/O WebSocket protocol plus what the ASGI interface lacks for a fan-out:
+
+* `write`: one pre-encoded frame straight to the transport (encode once, send many);
+* `detach`: after the ASGI handshake, incoming messages go to callbacks and the ASGI task
+  ends — an idle connection keeps no task, coroutine stack or receive queue;
+* `cut`: close *now* with a code and reason even when the peer has stopped reading.
 
 ASGI `websocket.close` waits until the transport is writable, which a slow reader never
 makes it. `cut` writes the close frame past the flow control, tells the application the
@@ -9,8 +13,10 @@ period — so a stuck client costs nothing after it is cut.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 
@@ -20,7 +26,16 @@ CUT_GRACE = 2.0
 EXTENSION = "bridge.cut"
 
 
+OnFrame = Callable[[str | bytes], None]
+OnGone = Callable[[], None]
+
+
 class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
+    # class-level defaults: nothing extra per connection until detached
+    on_frame: OnFrame | None = None
+    on_gone: OnGone | None = None
+    detached = False
+
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = cast(dict[str, Any] | None, getattr(self, "scope", None))
@@ -29,7 +44,71 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
                 "cut": self.cut,
                 "write": self.write_frame,
                 "wait_writable": self.wait_writable,
+                "detach": self.detach,
             }
+
+    # -- detached mode --------------------------------------------------------------------
+    def detach(self, on_frame: OnFrame, on_gone: OnGone) -> None:
+        """Deliver messages to `on_frame` and the end of the connection to `on_gone`."""
+        self.on_frame = on_frame
+        self.on_gone = on_gone
+        self.detached = True
+        while not self.queue.empty():
+            message: Any = self.queue.get_nowait()
+            if message["type"] == "websocket.receive":
+                data = message.get("text")
+                on_frame(data if data is not None else message.get("bytes") or b"")
+            elif message["type"] == "websocket.disconnect":
+                self._gone()
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def _gone(self) -> None:
+        on_gone, self.on_gone = self.on_gone, None
+        self.on_frame = None
+        if on_gone is not None:
+            on_gone()
+
+    def send_receive_event_to_app(self) -> None:
+        on_frame = self.on_frame
+        if on_frame is None:
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        if self.close_sent:
+            return
+        if self.curr_msg_data_type == "text":
+            try:
+                on_frame(data.decode())
+            except UnicodeDecodeError:
+                self.cut(1007, "invalid UTF-8")
+        else:
+            on_frame(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._gone()
+
+    async def run_asgi(self) -> None:
+        try:
+            await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except Exception:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+            if self.close_timer is None:
+                self.transport.close()
+            return
+        if not self.handshake_complete:
+            self.logger.error("ASGI callable returned without completing handshake.")
+            self.send_500_response()
+        if self.detached:
+            return  # the connection lives on without the ASGI task
+        if self.close_timer is None:
+            self.transport.close()
 
     def write_frame(self, frame: bytes) -> int:
         """Write a complete, pre-encoded frame; return the transport's buffered bytes.

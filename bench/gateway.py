@@ -1,0 +1,598 @@
+"""Gateway fan-out: commit→receipt latency, saturation rate and memory per idle connection,
+measured in the same run as a bare reference relay (Redis pub/sub → websockets.broadcast()).
+
+`just bench gateway [--clients=1000] [--rate=50] [--seconds=10] [--sat-clients=200]
+[--sat-seconds=5] [--idle=10000] [--direct] [--no-write]`
+
+One run, on a scratch database and Redis namespace, with `bridge-notifier`, `bridge-gateway`
+(JWT auth on) and the reference relay as subprocesses and a picows load generator here:
+
+1. latency: N clients subscribe; one row per transaction is INSERTed at R rows/s for S
+   seconds; for every delivery, commit acknowledged → frame received (ms). Zero loss means
+   every client received every event exactly once. `--direct` publishes through Redis
+   instead of PostgreSQL + notifier (append → receipt).
+2. saturation: events (≈300-byte rows) are appended to the topic as fast as the slower
+   side drains them (a window of 500 events in flight per client); delivered frames/s.
+3. idle memory: M connections (each with one subscription on a quiet topic); growth of the
+   server's resident memory divided by M.
+Targets from issue 4: p99 ≤ 2× the reference's and ≤ 50 ms with zero loss; saturation ≥
+85 % of the reference's; ≤ 20 KiB per idle connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from array import array
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import psutil
+import psycopg
+import redis.asyncio as aredis
+from bridge_common import migrate
+from bridge_common.channels import Channels
+from bridge_common.events import event_fragment
+from bridge_common.redis import EventPublisher
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+from bench.report import write_section
+
+ADMIN_DSN = os.environ.get("BRIDGE_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("BRIDGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+SECRET = "bench-gateway-secret-" + uuid.uuid4().hex + uuid.uuid4().hex
+TOPIC = "bench_gw"
+QUIET = "bench_quiet"
+PAD = "x" * 200
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _raise_fd_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class Proc:
+    """A server subprocess with its log in the work directory."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], work: Path) -> None:
+        self.name = name
+        self.log = open(work / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        self.ps = psutil.Process(self.proc.pid)
+
+    def wait_http(self, url: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}")
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} not ready")
+
+    def wait_port(self, port: int, timeout: float = 30) -> None:
+        import socket
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.name} not listening")
+
+    def rss(self) -> int:
+        return int(self.ps.memory_info().rss)
+
+    def cpu(self) -> float:
+        t = self.ps.cpu_times()
+        return float(t.user + t.system)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log.close()
+
+
+# -- load generator -------------------------------------------------------------------------
+
+
+class Recorder:
+    """What all clients of one phase received; `sent` maps row key → commit time."""
+
+    def __init__(self) -> None:
+        self.sent: dict[bytes, float] = {}
+        self.lat = array("d")
+        self.early: list[tuple[bytes, float]] = []
+        self.events = 0
+        self.subscribed = 0
+        self.first = 0.0
+        self.last = 0.0
+        self.closed = 0
+
+
+class Listener(WSListener):  # type: ignore[misc]
+    def __init__(self, rec: Recorder, subscribe: bytes | None, timing: bool) -> None:
+        self.rec = rec
+        self.subscribe = subscribe
+        self.timing = timing
+        self.n = 0
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        if self.subscribe is not None:
+            transport.send(WSMsgType.TEXT, self.subscribe)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type == WSMsgType.CLOSE:
+            self.rec.closed += 1
+            transport.disconnect()
+            return
+        if frame.msg_type != WSMsgType.TEXT:
+            return
+        p = frame.get_payload_as_bytes()
+        rec = self.rec
+        if p.startswith(b'{"type":"event"'):
+            now = time.time()
+            self.n += 1
+            rec.events += 1
+            if not rec.first:
+                rec.first = now
+            rec.last = now
+            if self.timing:
+                i = p.find(b'"key":"') + 7
+                key = p[i : p.find(b'"', i)]
+                t = rec.sent.get(key)
+                if t is None:
+                    rec.early.append((key, now))
+                else:
+                    rec.lat.append(now - t)
+        elif p.startswith(b'{"type":"subscribed"'):
+            rec.subscribed += 1
+
+
+async def connect_many(
+    url: str, n: int, factory: Callable[[], Listener], headers: dict[str, str], conc: int = 200
+) -> list[tuple[WSTransport, Listener]]:
+    sem = asyncio.Semaphore(conc)
+    out: list[tuple[WSTransport, Listener]] = []
+    failed = 0
+
+    async def one() -> None:
+        nonlocal failed
+        async with sem:
+            for attempt in range(3):
+                try:
+                    tr, li = await ws_connect(
+                        factory,
+                        url,
+                        extra_headers=headers,
+                        read_buffer_init_size=2048,
+                        websocket_handshake_timeout=30,
+                    )
+                    out.append((tr, li))
+                    return
+                except Exception:  # noqa: BLE001 - retried, then counted
+                    await asyncio.sleep(0.1 * (attempt + 1))
+            failed += 1
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    if failed:
+        print(f"  {failed} connections failed", flush=True)
+    return out
+
+
+async def _wait(cond: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def _close_all(conns: list[tuple[WSTransport, Listener]]) -> None:
+    for tr, _ in conns:
+        tr.disconnect()
+    await asyncio.sleep(0.5)
+
+
+# -- writers -----------------------------------------------------------------------------
+
+
+class DbWriter:
+    """One row per transaction into the watched table; records commit-acknowledged time."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.next_id = 1
+
+    async def paced(self, rec: Recorder, total: int, rate: float) -> None:
+        async with await psycopg.AsyncConnection.connect(self.dsn) as conn:
+            start = time.perf_counter()
+            for i in range(total):
+                due = start + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                rid = self.next_id
+                self.next_id += 1
+                await conn.execute("INSERT INTO bench_gw (id, note) VALUES (%s, %s)", (rid, PAD))
+                await conn.commit()
+                rec.sent[str(rid).encode()] = time.time()
+
+
+class RedisWriter:
+    """Events appended through the notifier's publish path (no PostgreSQL)."""
+
+    def __init__(self, pub: EventPublisher) -> None:
+        self.pub = pub
+        self.next_id = 1
+
+    async def paced(self, rec: Recorder, total: int, rate: float) -> None:
+        start = time.perf_counter()
+        for i in range(total):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self.batch(rec, 1)
+
+    async def batch(self, rec: Recorder | None, n: int) -> None:
+        items = []
+        keys = []
+        for _ in range(n):
+            rid = self.next_id
+            self.next_id += 1
+            keys.append(str(rid).encode())
+            items.append((None, event_fragment("insert", str(rid), {"id": rid, "note": PAD}, "")))
+        await self.pub.publish(TOPIC, items)
+        if rec is not None:
+            now = time.time()
+            for k in keys:
+                rec.sent[k] = now
+
+
+# -- phases ------------------------------------------------------------------------------
+
+
+def _pct(values: array, q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))] * 1000
+
+
+async def latency_phase(
+    url: str, sub: bytes | None, headers: dict[str, str], writer: Any, args: argparse.Namespace
+) -> dict[str, Any]:
+    rec = Recorder()
+    listeners: list[Listener] = []
+
+    def factory() -> Listener:
+        li = Listener(rec, sub, timing=True)
+        listeners.append(li)
+        return li
+
+    conns = await connect_many(url, args.clients, factory, headers)
+    if sub is not None:
+        await _wait(lambda: rec.subscribed >= len(conns), 60)
+    else:
+        await asyncio.sleep(1.0)
+    total = int(args.rate * args.seconds)
+    await writer.paced(rec, total, args.rate)
+    await _wait(lambda: rec.events >= total * len(conns), 15)
+    for key, now in rec.early:
+        t = rec.sent.get(key)
+        if t is not None:
+            rec.lat.append(now - t)
+    counts = [li.n for _, li in conns]
+    await _close_all(conns)
+    return {
+        "clients": len(conns),
+        "events": total,
+        "delivered": rec.events,
+        "lost": sum(max(0, total - c) for c in counts),
+        "dup": sum(max(0, c - total) for c in counts),
+        "p50": _pct(rec.lat, 0.50),
+        "p95": _pct(rec.lat, 0.95),
+        "p99": _pct(rec.lat, 0.99),
+        "max": max(rec.lat) * 1000 if rec.lat else float("nan"),
+    }
+
+
+async def saturation_phase(
+    url: str,
+    sub: bytes | None,
+    headers: dict[str, str],
+    writer: RedisWriter,
+    server: Proc,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    rec = Recorder()
+    conns = await connect_many(
+        url, args.sat_clients, lambda: Listener(rec, sub, timing=False), headers
+    )
+    if sub is not None:
+        await _wait(lambda: rec.subscribed >= len(conns), 60)
+    else:
+        await asyncio.sleep(1.0)
+    n = len(conns)
+    window = 500 * n
+    published = 0
+    cpu0 = server.cpu()
+    t_end = time.monotonic() + args.sat_seconds
+    while time.monotonic() < t_end:
+        if published * n - rec.events < window:
+            await writer.batch(None, 20)
+            published += 20
+        else:
+            await asyncio.sleep(0.001)
+    await _wait(lambda: rec.events >= published * n, 30)
+    cpu = server.cpu() - cpu0
+    elapsed = max(1e-9, rec.last - rec.first)
+    await _close_all(conns)
+    return {
+        "clients": n,
+        "events": published,
+        "delivered": rec.events,
+        "rate": rec.events / elapsed,
+        "cpu_us_per_msg": cpu / max(1, rec.events) * 1e6,
+    }
+
+
+async def idle_phase(
+    url: str, sub: bytes | None, headers: dict[str, str], server: Proc, n: int
+) -> dict[str, Any]:
+    rec = Recorder()
+    await asyncio.sleep(1.0)
+    rss0 = server.rss()
+    conns = await connect_many(url, n, lambda: Listener(rec, sub, timing=False), headers, 100)
+    if sub is not None:
+        await _wait(lambda: rec.subscribed >= len(conns), 120)
+    await asyncio.sleep(2.0)
+    rss1 = server.rss()
+    await _close_all(conns)
+    return {
+        "connections": len(conns),
+        "rss0": rss0,
+        "rss1": rss1,
+        "per_conn": (rss1 - rss0) / max(1, len(conns)),
+    }
+
+
+# -- run ---------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace) -> str:
+    fd_limit = _raise_fd_limit()
+    if args.idle + 200 > fd_limit:
+        args.idle = max(0, fd_limit - 500)
+        print(f"  fd limit {fd_limit}: idle connections reduced to {args.idle}")
+    work = Path(tempfile.mkdtemp(prefix="bench-gw-"))
+    ns = f"benchgw_{uuid.uuid4().hex[:8]}"
+    dbname = f"bench_gw_{uuid.uuid4().hex[:8]}"
+    dsn = ADMIN_DSN.rpartition("/")[0] + "/" + dbname
+    channels = Channels(ns)
+    procs: list[Proc] = []
+    r = aredis.Redis.from_url(REDIS_URL)
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{dbname}"')
+    try:
+        await migrate.apply(dsn, "source")
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute("CREATE TABLE bench_gw (id bigint PRIMARY KEY, note text NOT NULL)")
+            await conn.execute("SELECT bridge.watch('bench_gw')")
+        await r.sadd(channels.topics, TOPIC, QUIET)
+        base_env = {
+            "BRIDGE_SOURCE_DSN": dsn,
+            "BRIDGE_REDIS_URL": REDIS_URL,
+            "BRIDGE_NAMESPACE": ns,
+            "BRIDGE_HOST": "127.0.0.1",
+            "BRIDGE_LOG_LEVEL": "warning",
+        }
+        gw_port, rel_port, nt_port = _free_port(), _free_port(), _free_port()
+        if not args.direct:
+            notifier = Proc(
+                "notifier",
+                [sys.executable, "-m", "bridge_notifier"],
+                {**base_env, "BRIDGE_NOTIFIER_PORT": str(nt_port)},
+                work,
+            )
+            procs.append(notifier)
+            notifier.wait_http(f"http://127.0.0.1:{nt_port}/readyz")
+        gateway = Proc(
+            "gateway",
+            [sys.executable, "-m", "bridge_gateway"],
+            {
+                **base_env,
+                "BRIDGE_GATEWAY_PORT": str(gw_port),
+                "BRIDGE_JWT_SECRET": SECRET,
+                "BRIDGE_AUTH": "jwt",
+            },
+            work,
+        )
+        procs.append(gateway)
+        relay = Proc(
+            "relay",
+            [
+                sys.executable,
+                "-m",
+                "bench.gateway_relay",
+                "--port",
+                str(rel_port),
+                "--redis",
+                REDIS_URL,
+                "--channel",
+                channels.live(TOPIC),
+            ],
+            {},
+            work,
+        )
+        procs.append(relay)
+        gateway.wait_http(f"http://127.0.0.1:{gw_port}/readyz")
+        relay.wait_port(rel_port)
+        tok = jwt.encode(
+            {"sub": "bench", "exp": int(time.time()) + 3600, "topics": ["*"]}, SECRET, "HS256"
+        )
+        headers = {"Authorization": f"Bearer {tok}"}
+        gw_url, rel_url = f"ws://127.0.0.1:{gw_port}/ws", f"ws://127.0.0.1:{rel_port}/"
+        sub = json.dumps({"type": "subscribe", "topic": TOPIC}).encode()
+        quiet = json.dumps({"type": "subscribe", "topic": QUIET}).encode()
+        pub = EventPublisher(r, channels)
+        writer: Any = RedisWriter(pub) if args.direct else DbWriter(dsn)
+        if not args.direct:
+            # warm the whole path once
+            warm = Recorder()
+            await writer.paced(warm, 5, 50)
+
+        res: dict[str, dict[str, Any]] = {}
+        print(f"  latency: {args.clients} clients x {args.rate}/s x {args.seconds}s", flush=True)
+        res["lat_gw"] = await latency_phase(gw_url, sub, headers, writer, args)
+        print(f"    gateway   {res['lat_gw']}", flush=True)
+        res["lat_ref"] = await latency_phase(rel_url, None, {}, writer, args)
+        print(f"    reference {res['lat_ref']}", flush=True)
+        print(f"  saturation: {args.sat_clients} clients x {args.sat_seconds}s", flush=True)
+        rw = RedisWriter(pub)
+        rw.next_id = 10_000_000
+        res["sat_gw"] = await saturation_phase(gw_url, sub, headers, rw, gateway, args)
+        print(f"    gateway   {res['sat_gw']}", flush=True)
+        res["sat_ref"] = await saturation_phase(rel_url, None, {}, rw, relay, args)
+        print(f"    reference {res['sat_ref']}", flush=True)
+        if args.idle:
+            print(f"  idle: {args.idle} connections", flush=True)
+            res["idle_gw"] = await idle_phase(gw_url, quiet, headers, gateway, args.idle)
+            print(f"    gateway   {res['idle_gw']}", flush=True)
+            res["idle_ref"] = await idle_phase(rel_url, None, {}, relay, args.idle)
+            print(f"    reference {res['idle_ref']}", flush=True)
+        return report(res, args)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        keys = [k async for k in r.scan_iter(match=f"{ns}:*")]
+        keys += [k async for k in r.scan_iter(match=f"{{{ns}}}:*")]
+        if keys:
+            await r.delete(*keys)
+        await r.aclose()
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def _ok(cond: bool) -> str:
+    return "yes" if cond else "**no**"
+
+
+def report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+    g, f = res["lat_gw"], res["lat_ref"]
+    sg, sf = res["sat_gw"], res["sat_ref"]
+    path = "Redis append" if args.direct else "INSERT commit acknowledged"
+    lines = [
+        "## Gateway",
+        "",
+        f"`just bench gateway --clients={args.clients} --rate={args.rate} "
+        f"--seconds={args.seconds} --sat-clients={args.sat_clients} "
+        f"--sat-seconds={args.sat_seconds} --idle={args.idle}{' --direct' if args.direct else ''}`"
+        " — gateway (JWT auth, one subscription per client) and the bare reference relay "
+        "(Redis pub/sub → `websockets.broadcast()`, no auth, no filters) measured one after "
+        "the other in the same run, on the same shared 2-core machine, from one picows load "
+        "generator process.",
+        "",
+        f"**Latency** ({path} → frame received), {g['clients']} clients × {args.rate} events/s"
+        f" × {args.seconds} s:",
+        "",
+        "| | deliveries | lost | duplicated | p50 ms | p95 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, d in (("gateway", g), ("reference", f)):
+        lines.append(
+            f"| {name} | {d['delivered']} / {d['events'] * d['clients']} | {d['lost']} | "
+            f"{d['dup']} | {d['p50']:.1f} | {d['p95']:.1f} | {d['p99']:.1f} | {d['max']:.1f} |"
+        )
+    lines += [
+        "",
+        f"**Saturation** ({sg['clients']} clients, ~300-byte events appended to Redis as fast "
+        "as they drain, ≤ 500 in flight per client):",
+        "",
+        "| | delivered frames/s | server CPU µs per frame |",
+        "|---|---:|---:|",
+        f"| gateway | {sg['rate']:,.0f} | {sg['cpu_us_per_msg']:.2f} |",
+        f"| reference | {sf['rate']:,.0f} | {sf['cpu_us_per_msg']:.2f} |",
+    ]
+    if "idle_gw" in res:
+        ig, ir = res["idle_gw"], res["idle_ref"]
+        lines += [
+            "",
+            f"**Idle connections** ({ig['connections']} open, each subscribed to a quiet "
+            "topic on the gateway): resident memory growth per connection:",
+            "",
+            "| | RSS before | RSS after | per connection |",
+            "|---|---:|---:|---:|",
+            f"| gateway | {ig['rss0'] / 2**20:.0f} MiB | {ig['rss1'] / 2**20:.0f} MiB | "
+            f"{ig['per_conn'] / 1024:.1f} KiB |",
+            f"| reference | {ir['rss0'] / 2**20:.0f} MiB | {ir['rss1'] / 2**20:.0f} MiB | "
+            f"{ir['per_conn'] / 1024:.1f} KiB |",
+        ]
+    ratio = sg["rate"] / sf["rate"] if sf["rate"] else float("nan")
+    lines += [
+        "",
+        "Targets (issue 4):",
+        "",
+        f"- zero loss: {_ok(g['lost'] == 0 and g['dup'] == 0)}; p99 ≤ 2× reference "
+        f"({g['p99']:.1f} vs {2 * f['p99']:.1f} ms): {_ok(g['p99'] <= 2 * f['p99'])}; "
+        f"p99 ≤ 50 ms: {_ok(g['p99'] <= 50)}",
+        f"- saturation ≥ 85 % of reference: {ratio * 100:.0f} % → {_ok(ratio >= 0.85)}",
+    ]
+    if "idle_gw" in res:
+        per = res["idle_gw"]["per_conn"] / 1024
+        lines.append(f"- ≤ 20 KiB per idle connection: {per:.1f} KiB → {_ok(per <= 20)}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="just bench gateway")
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=50)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--sat-clients", type=int, default=200)
+    parser.add_argument("--sat-seconds", type=float, default=5)
+    parser.add_argument("--idle", type=int, default=10_000)
+    parser.add_argument("--direct", action="store_true", help="publish via Redis, not INSERT")
+    parser.add_argument("--no-write", action="store_true", help="print, do not record")
+    args = parser.parse_args(argv)
+    import uvloop
+
+    body = uvloop.run(run(args))
+    print(body)
+    if not args.no_write:
+        write_section("gateway", body)
+    return 0
