@@ -8,11 +8,13 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.metrics_api.seed import (
@@ -195,3 +197,48 @@ def test_dashboard_range_switch_and_api_outage(dashboard, page) -> None:
     dashboard.start()
     p.wait_for_selector("#banner[hidden]", state="attached", timeout=40_000)
     assert "polling" in text(p, "#conn")
+
+
+def test_dashboard_live_events_over_a_real_gateway(
+    spawn, api_env, dashboard, page, redis_url, namespace
+) -> None:
+    """With BRIDGE_DASHBOARD_GATEWAY_URL the page subscribes over the gateway's /ws."""
+    import asyncio
+
+    from bridge_common.channels import Channels
+    from bridge_common.events import event_fragment
+    from bridge_common.redis import EventPublisher, create_redis
+    from bridge_common.settings import BridgeSettings
+
+    gw = spawn("gateway", {**api_env, "BRIDGE_AUTH": "disabled"})
+    live_api = spawn("metrics_api", {**api_env, "BRIDGE_DASHBOARD_GATEWAY_URL": gw.url})
+    r = redis.Redis.from_url(redis_url)
+    r.sadd(Channels(namespace).topics, "audit_logs", "alerts")
+    r.close()
+    p, problems = page
+    p.goto(live_api.url + "/", wait_until="load")
+    p.wait_for_selector("body[data-loaded='1']", timeout=15_000)
+    wait_until(lambda: "gateway" in text(p, "#conn"))
+
+    async def publish(n: int) -> None:
+        client = create_redis(BridgeSettings(BRIDGE_REDIS_URL=redis_url))
+        pub = EventPublisher(client, Channels(namespace))
+        row = {"id": n, "action": "intent.approved", "severity": "info", "actor": "zoe"}
+        await pub.publish("audit_logs", [(None, event_fragment("insert", str(n), row, "t"))])
+        await client.aclose()
+
+    # publish until the subscription is live and the event reaches the page's feed
+    deadline = time.monotonic() + 20
+    n = 0
+    while p.locator("#feed li").count() == 0:
+        assert time.monotonic() < deadline, "no live event reached the page"
+        n += 1
+        # Playwright's sync API owns this thread's event loop: publish from another thread
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, publish(n)).result(timeout=10)
+        time.sleep(0.3)
+    assert not p.locator("#feed").is_hidden()
+    assert "intent.approved" in text(p, "#feed") and "zoe" in text(p, "#feed")
+    if os.environ.get("BRIDGE_DASHBOARD_SCREENSHOT"):
+        p.screenshot(path=os.environ["BRIDGE_DASHBOARD_SCREENSHOT"] + ".live.png", full_page=True)
+    assert problems == []
