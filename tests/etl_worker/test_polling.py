@@ -10,6 +10,7 @@ import redis
 from bridge_common.channels import Channels
 
 from tests.etl_worker.audit import (
+    dead_letters,
     insert_rows,
     rollup_mismatches,
     source_sum,
@@ -25,18 +26,27 @@ def run_once(spawn, env, *args: str, timeout: float = 60) -> str:
     return proc.logs()
 
 
-def test_polling_once_moves_every_row_exactly_once(spawn, etl_env, clean) -> None:
-    insert_rows(clean, 5000, hours=40)
+def test_polling_once_moves_every_row_exactly_once(
+    spawn, etl_env, clean, redis_url, namespace
+) -> None:
+    insert_rows(clean, 2500, hours=40)
+    with psycopg.connect(clean, autocommit=True) as conn:  # id 2501: cannot be stored
+        conn.execute("INSERT INTO audit_logs (actor, action, details) VALUES ('b', 'x', '[1]')")
+    insert_rows(clean, 2499, hours=40, start=2501)
     logs = run_once(spawn, etl_env, "--mode", "polling", "--once", "--batch-size", "700")
     assert '"path": "plain"' in logs and '"event": "etl.path"' in logs
-    assert target_sum(clean) == source_sum(clean)
+    assert target_sum(clean) == source_sum(clean, "WHERE id <> 2501")
     assert rollup_mismatches(clean) == []
+    [letter] = dead_letters(redis_url, namespace)
+    assert letter["source_id"] == "2501" and letter["origin"] == "polling"
+    assert "details must be a JSON object" in letter["reason"]
     # a replay (fresh state, same rows) inserts nothing and counts nothing twice
     with psycopg.connect(clean, autocommit=True) as conn:
         conn.execute("TRUNCATE bridge.etl_state")
     run_once(spawn, etl_env, "--mode", "polling", "--once")
-    assert target_sum(clean) == source_sum(clean)
+    assert target_sum(clean) == source_sum(clean, "WHERE id <> 2501")
     assert rollup_mismatches(clean) == []
+    assert len(dead_letters(redis_url, namespace)) == 1  # the re-scan did not repeat it
     with psycopg.connect(clean) as conn:
         (wm,) = conn.execute("SELECT watermark FROM bridge.etl_state").fetchone()
     assert wm == 5000
