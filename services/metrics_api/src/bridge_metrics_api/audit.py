@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bridge_common.events import dumps
 from psycopg_pool import AsyncConnectionPool
 
-from .cache import SettledBuckets
+from .cache import Settled, SettledBuckets
 from .params import ORIGIN, SEVERITIES, CorrectionsQuery, TimelineQuery
 
 CORRECTION_ACTION = "intent.corrected"
@@ -132,12 +133,13 @@ async def timeline(
     q: TimelineQuery,
     cache: SettledBuckets | None = None,
     now: datetime | None = None,
-) -> dict[str, Any]:
-    """Events per bucket split by severity, every bucket present (zeros where none).
+) -> bytes:
+    """Events per bucket split by severity, every bucket present (zeros where none), as JSON.
 
     Buckets that lie wholly inside the range and ended before the cache's settle horizon
-    come from `cache` when it has them; the database is asked only for the span from the
-    first bucket it lacks to `until` (usually the last few minutes).
+    come from `cache` when it has them — counts and their encoded JSON point — and the
+    database is asked only for the runs of buckets it lacks (usually the partial first
+    bucket and the last few minutes).
     """
     now = now or datetime.now(UTC)
     severities = list(q.severities or SEVERITIES)
@@ -145,18 +147,15 @@ async def timeline(
     starts = q.bucket_starts()
     key = (q.bucket, q.action, tuple(severities) if q.severities else None)
     cacheable: set[datetime] = set()
-    cached: dict[datetime, dict[str, int]] = {}
+    cached: dict[datetime, Settled] = {}
     if cache is not None and cache.enabled:
         horizon = min(q.until, cache.settled_before(now))
         cacheable = {t for t in starts if t >= q.since and t + width <= horizon}
-        cached = cache.lookup(key, sorted(cacheable))
+        cached = cache.lookup(key, [t for t in starts if t in cacheable])
     missing = [t for t in starts if t not in cached]
-    points: dict[datetime, dict[str, int]] = {}
-    for t in starts:
-        points[t] = dict(cached[t]) if t in cached else dict.fromkeys(severities, 0)
+    fresh: dict[datetime, dict[str, int]] = {t: dict.fromkeys(severities, 0) for t in missing}
     if missing:
         sql = _TIMELINE_SQL[(q.action is not None, q.severities is not None)]
-        wanted = set(missing)
         async with pool.connection() as conn:
             for lo, hi in _spans(missing, width, q.since, q.until):
                 args: dict[str, Any] = {
@@ -169,28 +168,38 @@ async def timeline(
                 }
                 cur = await conn.execute(sql, args)
                 for t, severity, n in await cur.fetchall():
-                    point = points.get(t)
-                    if t not in wanted or point is None or severity not in point:
+                    point = fresh.get(t)
+                    if point is None or severity not in point:
                         continue  # cached already, or a severity outside the known five
                     point[severity] += int(n)
-        if cache is not None:
-            cache.store(key, {t: points[t] for t in missing if t in cacheable})
     totals = dict.fromkeys(severities, 0)
-    for counts in points.values():
-        for severity, n in counts.items():
+    frags: list[bytes] = []
+    new: dict[datetime, Settled] = {}
+    for t in starts:
+        hit = cached.get(t)
+        if hit is None:
+            counts = fresh[t]
+            # UTC datetimes: msgspec writes them as ISO 8601 with "Z"
+            hit = (counts, dumps({"t": t, "total": sum(counts.values()), **counts}))
+            if t in cacheable:
+                new[t] = hit
+        for severity, n in hit[0].items():
             totals[severity] += n
-    return {
-        "bucket": q.bucket,
-        # UTC datetimes: msgspec writes them as ISO 8601 with "Z", in C (1440 points add up)
-        "since": q.since,
-        "until": q.until,
-        "action": q.action,
-        "severities": severities,
-        "points": [
-            {"t": t, "total": sum(counts.values()), **counts} for t, counts in points.items()
-        ],
-        "totals": {**totals, "total": sum(totals.values())},
-    }
+        frags.append(hit[1])
+    if cache is not None and new:
+        cache.store(key, new)
+    head = dumps(
+        {
+            "bucket": q.bucket,
+            "since": q.since,
+            "until": q.until,
+            "action": q.action,
+            "severities": severities,
+            "totals": {**totals, "total": sum(totals.values())},
+        }
+    )
+    # the points are encoded once per bucket and cached with it; here they are only joined
+    return head[:-1] + b',"points":[' + b",".join(frags) + b"]}"
 
 
 #: more runs of missing buckets than this are fetched as one span

@@ -72,7 +72,8 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
         log.warning("cache.refresh_failed", error=repr(task.exception()))
 
 
-Counts = dict[str, int]
+#: one settled bucket: its counts by severity and its encoded JSON point
+Settled = tuple[dict[str, int], bytes]
 
 
 class SettledBuckets:
@@ -87,7 +88,7 @@ class SettledBuckets:
         self.settle = settle
         self.max_keys = max_keys
         self.max_buckets = max_buckets
-        self._store: OrderedDict[Hashable, dict[datetime, tuple[float, Counts]]] = OrderedDict()
+        self._store: OrderedDict[Hashable, dict[datetime, tuple[float, Settled]]] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
@@ -97,7 +98,7 @@ class SettledBuckets:
         """Buckets ending at or before this instant may be cached."""
         return now - self.settle
 
-    def lookup(self, key: Hashable, starts: list[datetime]) -> dict[datetime, Counts]:
+    def lookup(self, key: Hashable, starts: list[datetime]) -> dict[datetime, Settled]:
         """The fresh cached counts among `starts`."""
         entries = self._store.get(key)
         if not entries or not self.enabled:
@@ -111,14 +112,14 @@ class SettledBuckets:
                 out[t] = hit[1]
         return out
 
-    def store(self, key: Hashable, counts: dict[datetime, Counts]) -> None:
+    def store(self, key: Hashable, counts: dict[datetime, Settled]) -> None:
         if not self.enabled or not counts:
             return
         now = time.monotonic()
         entries = self._store.setdefault(key, {})
         self._store.move_to_end(key)
         for t, c in counts.items():
-            entries[t] = (now, dict(c))
+            entries[t] = (now, c)
         if len(entries) > self.max_buckets:
             expired_before = now - self.ttl
             for t in [t for t, (at, _) in entries.items() if at < expired_before]:
