@@ -127,6 +127,11 @@ def embedded(data_dir: Path) -> Iterator[Postgres]:
         _forget_stale_handles(pgdata)
     try:
         server = get_server(pgdata, cleanup_mode=None)
+    except KeyboardInterrupt:
+        # Ctrl-C while pg_ctl was starting it: the server (own session) may be up already
+        with shielded():
+            _signal_postmaster(pgdata)
+        raise
     except Exception as exc:  # noqa: BLE001 - the wheel raises assorted errors; show one line
         log = pgdata / "log"
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
