@@ -285,3 +285,45 @@ def exactly_once(seen: Seen, op: str, expected: set[str]) -> tuple[set[str], set
     dups = {k for k, c in counts.items() if c > 1}
     unexpected = set(counts) - expected
     return missing, dups, unexpected
+
+
+class SdkConsumer:
+    """A client written with the Python SDK (`bridge_client`), which owns reconnect and
+    resume itself; `transport` forces "websocket" or "sse"."""
+
+    def __init__(
+        self, gateway: str, topic: str, token: str | None, *, transport: str = "auto",
+        name: str = "sdk",
+    ) -> None:  # fmt: skip
+        self.gateway = gateway
+        self.topic = topic
+        self.token = token
+        self.transport = transport
+        self.name = name
+        self.seen = Seen()
+        self.live = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from bridge_client import BridgeClient, BridgeClientError
+
+        async with BridgeClient(self.gateway, token=self.token, transport=self.transport) as c:
+            sub = c.subscribe(self.topic)
+            await sub.wait_live()
+            self.live.set()
+
+            async def consume() -> None:
+                async for event in sub:
+                    self.seen.record(
+                        {"op": event.op, "key": event.key, "id": event.id, "topic": event.topic}
+                    )
+
+            reader = asyncio.create_task(consume())
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if reader.done() and reader.exception() is not None:
+                self.seen.errors.append(repr(reader.exception()))
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, BridgeClientError):
+                await reader
+            self.seen.reconnects = max(0, c.connections - 1)
