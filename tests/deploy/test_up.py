@@ -177,6 +177,8 @@ def first_run(data_dir: Path, up_env: dict[str, str]) -> Iterator[dict[str, obje
             var: httpx.get(service_url(up_env, var) + "/readyz", timeout=5).status_code
             for var in SERVICE_PORT_VARS
         }
+        dashboard = httpx.get(service_url(up_env, "BRIDGE_METRICS_API_PORT") + "/", timeout=5)
+        facts["dashboard"] = (dashboard.status_code, dashboard.headers.get("content-type", ""))
         facts["sse"] = run_printed_curl(curl)
         facts["tree"] = [p.pid for p in up.tree()]
         pg_pid = int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
@@ -197,6 +199,8 @@ def test_empty_folder_becomes_ready(first_run: dict[str, object]) -> None:
     banner = str(first_run["banner"])
     for what in ("dashboard", "WebSocket", "SSE", "demo JWT"):
         assert what in banner
+    status, content_type = first_run["dashboard"]  # type: ignore[misc]
+    assert status == 200 and content_type.startswith("text/html")
 
 
 def test_printed_curl_shows_live_events(first_run: dict[str, object]) -> None:
