@@ -38,6 +38,9 @@ log = get_logger("bridge_notifier.relay")
 
 APPLICATION_NAME = "bridge-notifier"
 
+#: a connection that lasted this long (s) was healthy: the next reconnect starts fast
+_HEALTHY_SESSION = 30.0
+
 #: what a Redis outage looks like from redis-py
 REDIS_DOWN = (RedisError, OSError, TimeoutError)
 
@@ -108,11 +111,11 @@ class Relay:
                 if stop.is_set():
                     return
                 raise
+            connected_at = time.monotonic()
             try:
                 async with conn:
                     outbox = Outbox(conn)
                     await outbox.setup()
-                    backoff.reset()
                     if await self._standby(conn, outbox, stop):
                         await self._lead(conn, outbox, stop)
             except psycopg.OperationalError as exc:
@@ -123,8 +126,10 @@ class Relay:
                 log.error("outbox.query_failed", error=str(exc).strip(), sqlstate=exc.sqlstate)
             finally:
                 if self.metrics.is_leader:
-                    log.warning("leader.released")
+                    (log.info if stop.is_set() else log.warning)("leader.released")
                 self.metrics.set_leader(False)
+            if time.monotonic() - connected_at > _HEALTHY_SESSION:
+                backoff.reset()  # a long session ended: reconnect quickly, not at the cap
             if not stop.is_set():
                 await _pause(stop, backoff.next_delay())
 
