@@ -241,6 +241,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="load per endpoint")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument("--db", help="reuse a database kept by --keep (skips generation)")
     parser.add_argument("--no-write", action="store_true", help="do not update the doc")
     args = parser.parse_args(argv)
 
@@ -252,6 +253,8 @@ def main(argv: list[str]) -> int:
             if redis_url is None:
                 print(f"metrics_api bench: {why_r}")
                 return 2
+            if args.db:
+                return run(args, infra.with_database(admin, args.db), redis_url)
             name = infra.unique_name("bench", "metrics_api")
             dsn = infra.create_database(admin, name)
             try:
@@ -270,9 +273,19 @@ def run(args: argparse.Namespace, dsn: str, redis_url: str) -> int:
         await migrate.apply(dsn, "source")
         await migrate.apply(dsn, "target")
 
-    asyncio.run(schema())
-    log(f"generating {args.rows:,} audit rows over {args.days} days …")
-    took = generate(dsn, args.rows, args.days, args.intents)
+    if args.db:
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM audit_logs_ts), (SELECT count(*) FROM audit_logs_1m)"
+            ).fetchone()
+        assert row is not None
+        args.rows = int(row[0])
+        took = {"rows": 0.0, "rollup": 0.0, "analyze": 0.0, "rollup_rows": float(row[1])}
+        log(f"reusing {args.db}: {args.rows:,} rows (its data ends when it was generated)")
+    else:
+        asyncio.run(schema())
+        log(f"generating {args.rows:,} audit rows over {args.days} days …")
+        took = generate(dsn, args.rows, args.days, args.intents)
     log(
         f"rows {took['rows']:.1f}s, rollup {took['rollup']:.1f}s "
         f"({int(took['rollup_rows']):,} rollup rows), analyze {took['analyze']:.1f}s"

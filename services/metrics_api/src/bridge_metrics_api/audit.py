@@ -17,7 +17,7 @@ from bridge_common.events import dumps
 from psycopg_pool import AsyncConnectionPool
 
 from .cache import Settled, SettledBuckets
-from .params import ORIGIN, SEVERITIES, CorrectionsQuery, TimelineQuery
+from .params import ORIGIN, SEVERITIES, CorrectionsQuery, TimelineQuery, floor_to
 
 CORRECTION_ACTION = "intent.corrected"
 ERROR_SEVERITIES = ("error", "critical")
@@ -139,55 +139,65 @@ async def timeline(
     Buckets that lie wholly inside the range and ended before the cache's settle horizon
     come from `cache` when it has them — counts and their encoded JSON point — and the
     database is asked only for the runs of buckets it lacks (usually the partial first
-    bucket and the last few minutes).
+    bucket and the last few minutes). Buckets are numbered from the UTC origin.
     """
     now = now or datetime.now(UTC)
     severities = list(q.severities or SEVERITIES)
     width = q.width
-    starts = q.bucket_starts()
+    first = floor_to(q.since, width)
+    n0 = (first - ORIGIN) // width
+    numbers = range(n0, n0 + -(-(q.until - first) // width))
     key = (q.bucket, q.action, tuple(severities) if q.severities else None)
-    cacheable: set[datetime] = set()
-    cached: dict[datetime, Settled] = {}
+    cacheable = range(0)
+    cached: dict[int, Settled] = {}
     if cache is not None and cache.enabled:
         horizon = min(q.until, cache.settled_before(now))
-        cacheable = {t for t in starts if t >= q.since and t + width <= horizon}
-        cached = cache.lookup(key, [t for t in starts if t in cacheable])
-    missing = [t for t in starts if t not in cached]
-    fresh: dict[datetime, dict[str, int]] = {t: dict.fromkeys(severities, 0) for t in missing}
+        # whole buckets only: from the first that starts at or after `since` to the last
+        # that ends at or before the horizon
+        lo = n0 if first >= q.since else n0 + 1
+        hi = (horizon - ORIGIN) // width
+        cacheable = range(lo, max(lo, hi))
+        cached = cache.lookup(key, cacheable)
+    missing = [n for n in numbers if n not in cached]
+    fresh: dict[int, dict[str, int]] = {n: dict.fromkeys(severities, 0) for n in missing}
     if missing:
         sql = _TIMELINE_SQL[(q.action is not None, q.severities is not None)]
         async with pool.connection() as conn:
-            for lo, hi in _spans(missing, width, q.since, q.until):
+            for lo_t, hi_t in _spans(missing, width, q.since, q.until):
                 args: dict[str, Any] = {
                     "width": width,
                     "origin": ORIGIN,
-                    "since": lo,
-                    "until": hi,
+                    "since": lo_t,
+                    "until": hi_t,
                     "action": q.action,
                     "severities": q.severities,
                 }
                 cur = await conn.execute(sql, args)
-                for t, severity, n in await cur.fetchall():
-                    point = fresh.get(t)
+                for t, severity, count in await cur.fetchall():
+                    point = fresh.get((t - ORIGIN) // width)
                     if point is None or severity not in point:
                         continue  # cached already, or a severity outside the known five
-                    point[severity] += int(n)
-    totals = dict.fromkeys(severities, 0)
+                    point[severity] += int(count)
+    counts: list[tuple[int, ...]] = []
     frags: list[bytes] = []
-    new: dict[datetime, Settled] = {}
-    for t in starts:
-        hit = cached.get(t)
+    new: dict[int, Settled] = {}
+    for n in numbers:
+        hit = cached.get(n)
         if hit is None:
-            counts = fresh[t]
+            point = fresh[n]
             # UTC datetimes: msgspec writes them as ISO 8601 with "Z"
-            hit = (counts, dumps({"t": t, "total": sum(counts.values()), **counts}))
-            if t in cacheable:
-                new[t] = hit
-        for severity, n in hit[0].items():
-            totals[severity] += n
+            body = {"t": ORIGIN + n * width, "total": sum(point.values()), **point}
+            hit = (tuple(point.values()), dumps(body))
+            if n in cacheable:
+                new[n] = hit
+        counts.append(hit[0])
         frags.append(hit[1])
     if cache is not None and new:
         cache.store(key, new)
+    sums = (
+        [sum(column) for column in zip(*counts, strict=True)] if counts else [0] * len(severities)
+    )
+    totals = dict(zip(severities, sums, strict=True))
     head = dumps(
         {
             "bucket": q.bucket,
@@ -195,7 +205,7 @@ async def timeline(
             "until": q.until,
             "action": q.action,
             "severities": severities,
-            "totals": {**totals, "total": sum(totals.values())},
+            "totals": {**totals, "total": sum(sums)},
         }
     )
     # the points are encoded once per bucket and cached with it; here they are only joined
@@ -207,22 +217,22 @@ MAX_SPANS = 4
 
 
 def _spans(
-    missing: list[datetime], width: timedelta, since: datetime, until: datetime
+    missing: list[int], width: timedelta, since: datetime, until: datetime
 ) -> list[tuple[datetime, datetime]]:
-    """Contiguous runs of missing buckets as [lo, hi) ranges clipped to [since, until).
+    """Contiguous runs of missing bucket numbers as [lo, hi) times clipped to [since, until).
 
     Usually two: the partial first bucket and the last few minutes, between them the
     cached history the database is not asked for again.
     """
-    runs: list[list[datetime]] = []
-    for t in missing:
-        if runs and runs[-1][1] == t:
-            runs[-1][1] = t + width
+    runs: list[list[int]] = []
+    for n in missing:
+        if runs and runs[-1][1] == n:
+            runs[-1][1] = n + 1
         else:
-            runs.append([t, t + width])
+            runs.append([n, n + 1])
     if len(runs) > MAX_SPANS:
         runs = [[runs[0][0], runs[-1][1]]]
-    return [(max(since, lo), min(until, hi)) for lo, hi in runs]
+    return [(max(since, ORIGIN + lo * width), min(until, ORIGIN + hi * width)) for lo, hi in runs]
 
 
 async def corrections(pool: AsyncConnectionPool, q: CorrectionsQuery) -> dict[str, Any]:

@@ -72,11 +72,13 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
         log.warning("cache.refresh_failed", error=repr(task.exception()))
 
 
-#: one settled bucket: its counts by severity and its encoded JSON point
-Settled = tuple[dict[str, int], bytes]
+#: one settled bucket: its counts (in the answer's severity order) and its encoded JSON point
+Settled = tuple[tuple[int, ...], bytes]
 
 
 class SettledBuckets:
+    """Settled buckets per key, addressed by bucket number (buckets since the UTC origin)."""
+
     def __init__(
         self,
         ttl: float,
@@ -88,7 +90,7 @@ class SettledBuckets:
         self.settle = settle
         self.max_keys = max_keys
         self.max_buckets = max_buckets
-        self._store: OrderedDict[Hashable, dict[datetime, tuple[float, Settled]]] = OrderedDict()
+        self._store: OrderedDict[Hashable, dict[int, tuple[float, Settled]]] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
@@ -98,32 +100,33 @@ class SettledBuckets:
         """Buckets ending at or before this instant may be cached."""
         return now - self.settle
 
-    def lookup(self, key: Hashable, starts: list[datetime]) -> dict[datetime, Settled]:
-        """The fresh cached counts among `starts`."""
+    def lookup(self, key: Hashable, numbers: range) -> dict[int, Settled]:
+        """The cached buckets among `numbers` that are younger than the TTL."""
         entries = self._store.get(key)
         if not entries or not self.enabled:
             return {}
         self._store.move_to_end(key)
         fresh_after = time.monotonic() - self.ttl
         out = {}
-        for t in starts:
-            hit = entries.get(t)
+        get = entries.get
+        for n in numbers:
+            hit = get(n)
             if hit is not None and hit[0] >= fresh_after:
-                out[t] = hit[1]
+                out[n] = hit[1]
         return out
 
-    def store(self, key: Hashable, counts: dict[datetime, Settled]) -> None:
-        if not self.enabled or not counts:
+    def store(self, key: Hashable, buckets: dict[int, Settled]) -> None:
+        if not self.enabled or not buckets:
             return
         now = time.monotonic()
         entries = self._store.setdefault(key, {})
         self._store.move_to_end(key)
-        for t, c in counts.items():
-            entries[t] = (now, c)
+        for n, settled in buckets.items():
+            entries[n] = (now, settled)
         if len(entries) > self.max_buckets:
             expired_before = now - self.ttl
-            for t in [t for t, (at, _) in entries.items() if at < expired_before]:
-                del entries[t]
+            for n in [n for n, (at, _) in entries.items() if at < expired_before]:
+                del entries[n]
             while len(entries) > self.max_buckets:
                 del entries[min(entries)]
         while len(self._store) > self.max_keys:
