@@ -94,11 +94,16 @@ def start_up(env: dict[str, str], data_dir: Path) -> Up:
     return Up(proc)
 
 
-def stop_quietly(up: Up) -> None:
+def stop_quietly(up: Up, data_dir: Path) -> None:
+    """After a failure: nothing of this test may outlive it (the databases run in their
+    own sessions, so the process group does not cover them)."""
     if up.proc.poll() is None:
         with suppress(ProcessLookupError):
             os.killpg(up.proc.pid, signal.SIGKILL)
         up.proc.wait(10)
+    for proc in processes_using(data_dir):
+        with suppress(psutil.NoSuchProcess):
+            proc.kill()
     up.reader.join(10)
     if up.proc.stdout is not None:
         up.proc.stdout.close()
@@ -191,7 +196,7 @@ def first_run(data_dir: Path, up_env: dict[str, str]) -> Iterator[dict[str, obje
         facts["after"] = up.output()
         yield facts
     finally:
-        stop_quietly(up)
+        stop_quietly(up, data_dir)
 
 
 def test_empty_folder_becomes_ready(first_run: dict[str, object]) -> None:
@@ -250,7 +255,7 @@ def test_second_up_reuses_the_data(
         assert (data_dir / "jwt-secret").read_text() == first_run["secret"]
         assert up.ctrl_c() in (0, 130)
     finally:
-        stop_quietly(up)
+        stop_quietly(up, data_dir)
     assert processes_using(data_dir) == []
 
 
