@@ -41,3 +41,7 @@ bench *ARGS:
 # soak the whole suite under steady load (default 10m; e.g. `just soak 12h`), chart in docs/benchmarks.md
 soak DURATION="10m" *ARGS:
     uv run python -m bench soak --duration={{DURATION}} {{ARGS}}
+
+# regenerate the metrics API section of docs/api.md from its OpenAPI document
+apidoc:
+    uv run python -m bridge_metrics_api.apidoc --write docs/api.md
