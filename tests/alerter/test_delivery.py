@@ -3,7 +3,10 @@ each notification delivered once; a dead channel does not hold up a live one; Sl
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+
+from bridge_common.channels import Channels
 
 from .conftest import rules_yaml, wait_until
 from .receiver import Answer
@@ -96,4 +99,36 @@ def test_slack_paced_to_min_interval(spawn, alerter_env, receiver, feed) -> None
     gaps = [b.at - a.at for a, b in zip(msgs, msgs[1:], strict=False)]
     assert all(g >= 0.28 for g in gaps), gaps
     assert sorted(m.json()["text"].split()[1] for m in msgs) == ["r0", "r1", "r2", "r3"]
+    assert proc.stop() == 0
+
+
+def test_many_notifications_each_delivered_exactly_once(
+    spawn, alerter_env, receiver, feed, r, ns
+) -> None:
+    """Sweeps racing with acknowledgements must not resend what was just delivered."""
+    n = 30
+    rules = "".join(
+        f"""\
+  - name: m{i}
+    metric: etl.lag_seconds
+    op: ">"
+    threshold: {i}
+    severity: warning
+    summary: "m{i}"
+    notify: [hook]
+"""
+        for i in range(n)
+    )
+    Path(alerter_env["BRIDGE_ALERT_RULES"]).write_text(rules_yaml(receiver.url, rules))
+    receiver.script("/hook", *[Answer(hang=0.03) for _ in range(2 * n)])  # slow-ish receiver
+    env = {**alerter_env, "BRIDGE_ALERTER_SWEEP_INTERVAL": "0.02"}
+    feed.set({"etl.lag_seconds": 1000})
+    proc = spawn("alerter", env)
+    receiver.wait(lambda: len(receiver.delivered("/hook")) >= n, what="all firing notices")
+    feed.set({"etl.lag_seconds": -1})
+    receiver.wait(lambda: len(receiver.delivered("/hook")) >= 2 * n, what="all resolved")
+    wait_until(lambda: r.hlen(Channels(ns).alert_outbox) == 0, what="outbox drained")
+    time.sleep(0.5)
+    ids = [h.headers["x-bridge-delivery"] for h in receiver.at("/hook")]
+    assert len(ids) == len(set(ids)) == 2 * n
     assert proc.stop() == 0

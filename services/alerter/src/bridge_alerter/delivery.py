@@ -129,6 +129,13 @@ class Dispatcher:
                 self._inflight.discard(d.field)
 
     async def _deliver(self, d: Delivery, stop: asyncio.Event) -> None:
+        # A sweep may have read this entry just before an earlier copy was acknowledged;
+        # the outbox is the truth about what is still owed.
+        try:
+            if not await self.store.is_pending(d):
+                return
+        except Exception as exc:  # noqa: BLE001 - cannot tell: send (at least once)
+            log.warning("outbox.check_failed", id=d.id, channel=d.channel, error=str(exc))
         attempt = 0
         while not stop.is_set():
             if not self.leadership.is_leader:

@@ -112,6 +112,9 @@ class AlertStore:
         out.sort(key=lambda d: d.id)
         return out
 
+    async def is_pending(self, delivery: Delivery) -> bool:
+        return bool(await self.client.hexists(self.channels.alert_outbox, delivery.field))
+
     async def ack(self, delivery: Delivery) -> None:
         await self.client.hdel(self.channels.alert_outbox, delivery.field)
 
