@@ -53,6 +53,7 @@ class Subscription:
         self.recovered: bool | None = None
         self._client = client
         self._last_key: EventKey | None = parse_event_id(since) if since else None
+        self._checked: tuple[str, EventKey] = ("", (0, 0))  # the id is_new() parsed last
         # Resume point when no event arrived before the first disconnect: stream ids are
         # millisecond timestamps, so "what came after subscribe()" is an id too.
         self._anchor = f"{max(0, int((time.time() - clock_skew) * 1000))}-0"
@@ -146,6 +147,7 @@ class Subscription:
     def is_new(self, event: Event) -> bool:
         """False for an event already delivered (id not above the last one)."""
         key = parse_event_id(event.id)
+        self._checked = (event.id, key)
         return self._last_key is None or key > self._last_key
 
     def offer(self, item: Event | BridgeClientError) -> bool:
@@ -165,7 +167,8 @@ class Subscription:
             self._record(item)
 
     def _record(self, event: Event) -> None:
-        self._last_key = parse_event_id(event.id)
+        checked_id, key = self._checked
+        self._last_key = key if checked_id == event.id else parse_event_id(event.id)
         self.last_id = event.id
 
     def set_live(self, recovered: bool) -> None:
