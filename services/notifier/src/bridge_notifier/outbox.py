@@ -44,6 +44,7 @@ class Outbox:
         self.conn = conn
         self.commit_ts = False
         self._select: sql.Composed | None = None
+        self._select_excluding: sql.Composed | None = None
 
     async def setup(self) -> None:
         """Learn whether commit timestamps are tracked (`ts` = commit time then)."""
@@ -51,20 +52,32 @@ class Outbox:
         row = await cur.fetchone()
         self.commit_ts = bool(row and row[0])
         ts = _TS_COMMIT if self.commit_ts else _TS_INSERT
-        self._select = sql.SQL(
-            "SELECT seq, topic, op, key, payload::text, "
-            "to_char(({ts}) AT TIME ZONE 'UTC', {iso}) "
-            "FROM bridge.outbox ORDER BY seq LIMIT %s"
+        columns = sql.SQL(
+            "seq, topic, op, key, payload::text, to_char(({ts}) AT TIME ZONE 'UTC', {iso})"
         ).format(ts=sql.SQL(ts), iso=sql.SQL(_ISO))
+        self._select = sql.SQL("SELECT {columns} FROM bridge.outbox ORDER BY seq LIMIT %s").format(
+            columns=columns
+        )
+        # NOT IN a subquery is a hashed anti-join: O(1) per row, unlike `<> ALL(array)`
+        self._select_excluding = sql.SQL(
+            "SELECT {columns} FROM bridge.outbox "
+            "WHERE seq NOT IN (SELECT unnest(%s::bigint[])) ORDER BY seq LIMIT %s"
+        ).format(columns=columns)
 
-    async def fetch(self, limit: int, prune: list[int]) -> list[OutboxRow]:
+    async def fetch(
+        self, limit: int, prune: list[int], exclude: list[int] | None = None
+    ) -> list[OutboxRow]:
         """Delete the `prune` rows (Redis holds them), then return the `limit` lowest-seq
-        committed rows, in seq order — pipelined, so one round trip for both."""
-        assert self._select is not None, "setup() first"
+        committed rows, in seq order, leaving out `exclude` (the batch being published
+        meanwhile) — pipelined, so one round trip for both."""
+        assert self._select is not None and self._select_excluding is not None, "setup() first"
         async with self.conn.pipeline():
             if prune:
                 await self.conn.execute(_DELETE, (prune,))
-            cur = await self.conn.execute(self._select, (limit,))
+            if exclude:
+                cur = await self.conn.execute(self._select_excluding, (exclude, limit))
+            else:
+                cur = await self.conn.execute(self._select, (limit,))
             rows = await cur.fetchall()
         return [OutboxRow(*r) for r in rows]
 

@@ -184,24 +184,38 @@ class Relay:
     async def _drain(self, outbox: Outbox, stop: asyncio.Event) -> bool:
         """Relay batches until a short one; True when caught up, False when stopped.
 
-        A batch is pruned by the fetch of the next one (one round trip per batch); the
-        last batch before a wait is pruned on the next wake-up or poll, or on shutdown.
+        While a full batch is being published, the next one is read (excluding it) and
+        the batch before it pruned, in one round trip: PostgreSQL and Redis work at the
+        same time. Batches are still published strictly one after the other, in the
+        order they were read. The last batch before a wait is pruned on the next
+        wake-up or poll, or on shutdown.
         """
         limit = self.settings.batch_size
-        while not stop.is_set():
+        rows = await outbox.fetch(limit, prune=self._published)
+        self._published = []
+        while rows and not stop.is_set():
             started = time.perf_counter()
-            rows = await outbox.fetch(limit, prune=self._published)
-            self._published = []
-            if not rows:
-                return True
-            await self._publish(rows)
-            self._published = [r.seq for r in rows]
+            seqs = [r.seq for r in rows]
+            publish = asyncio.ensure_future(self._publish(rows))
+            ahead = None
+            if len(rows) == limit:
+                ahead = asyncio.ensure_future(
+                    outbox.fetch(limit, prune=self._published, exclude=seqs)
+                )
+            # wait for both, never cancel one midway: a cancelled query or script call
+            # would leave its connection in an unknown state
+            await asyncio.wait([t for t in (publish, ahead) if t is not None])
+            if ahead is not None and not ahead.exception():
+                self._published = []  # pruned by the read-ahead
+            publish.result()  # RedisUnavailable: this batch stays in the outbox
+            self._published.extend(seqs)
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
             log.debug("outbox.published", count=len(rows), last_seq=rows[-1].seq)
-            if len(rows) < limit:
+            if ahead is None:
                 return True
+            rows = ahead.result()
             await self._stats_if_due(outbox)
-        return False
+        return not rows
 
     async def _publish(self, rows: Sequence[OutboxRow]) -> None:
         """Publish rows grouped by topic, each topic's rows in seq order."""
