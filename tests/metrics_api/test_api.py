@@ -10,6 +10,8 @@ import httpx
 import pytest
 from bridge_common.channels import Channels
 from bridge_common.snapshots import snapshot_from_entry
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.metrics_api.seed import (
     AuditRow,
@@ -477,3 +479,26 @@ def test_openapi_describes_every_endpoint(api, seeded) -> None:
     params = {p["name"]: p for p in doc["paths"][TL]["get"]["parameters"]}
     assert params["bucket"]["schema"]["enum"] == ["1m", "5m", "15m", "1h", "1d"]
     assert "422" in doc["paths"][CO]["get"]["responses"]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    path=st.sampled_from([TL, CO, "/api/v1/dashboard/overview", "/api/v1/services"]),
+    params=st.dictionaries(
+        st.sampled_from(["bucket", "since", "until", "action", "severity", "limit", "zz"]),
+        st.one_of(
+            st.text(max_size=40),
+            st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
+            st.sampled_from(["1m", "1d", "error", "10", "2026-03-29T00:00:00Z"]),
+        ),
+        max_size=5,
+    ),
+)
+def test_junk_parameters_never_break_the_service(api, seeded, path, params) -> None:
+    resp = httpx.get(api.url + path, params=params, timeout=10)
+    assert resp.status_code in (200, 422), resp.text
+    body = resp.json()
+    if resp.status_code == 422:
+        assert body["parameter"] in params
