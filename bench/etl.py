@@ -42,8 +42,20 @@ def _dsn(name: str) -> str:
     return urlunsplit(urlsplit(ADMIN_DSN)._replace(path="/" + name))
 
 
+#: audit rows a minute in the generated history: the issue's 1 000 000 rows over 3 days
+DENSITY = 1_000_000 / (3 * 1440)
+
+
+def span_seconds(rows: int) -> float:
+    """The history `rows` cover at `DENSITY` (3 days for the full-size run)."""
+    return rows / DENSITY * 60
+
+
 def _generate(dsn: str, rows: int) -> None:
-    """`rows` audit rows over the last 3 days (capture triggers off: not what we measure)."""
+    """`rows` audit rows ending now at `DENSITY` (capture triggers off: not what we measure).
+
+    The density matters: the rollup does one upsert per (minute, action, severity) group.
+    """
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("ALTER TABLE audit_logs DISABLE TRIGGER USER")
         step = 100_000
@@ -56,10 +68,10 @@ def _generate(dsn: str, rows: int) -> None:
                            [1 + g %% 4],
                        (ARRAY['debug','info','warning','error','critical'])[1 + (g / 7) %% 5],
                        jsonb_build_object('n', g, 'ip', '10.0.0.' || (g %% 250), 'ok', g %% 2 = 0),
-                       now() - make_interval(secs => 3 * 86400.0 * g / %s)
+                       now() - make_interval(secs => %s * g / %s)
                 FROM generate_series(%s, %s) g
                 """,
-                (rows, lo + 1, min(rows, lo + step)),
+                (span_seconds(rows), rows, lo + 1, min(rows, lo + step)),
             )
         conn.execute("ALTER TABLE audit_logs ENABLE TRIGGER USER")
         conn.execute("VACUUM ANALYZE audit_logs")
@@ -241,6 +253,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=5000, help="backfill batch size")
     p.add_argument("--live-rate", type=int, default=5000, help="audit rows/s in the live run")
     p.add_argument("--live-seconds", type=float, default=20.0)
+    p.add_argument("--rounds", type=int, default=2, help="repeats; the best of each counts")
     p.add_argument("--no-write", action="store_true", help="print, do not update the doc")
     args = p.parse_args(argv)
 
@@ -280,29 +293,33 @@ def main(argv: list[str]) -> int:
                     f" TO ('{(lo + timedelta(days=1)).isoformat()}')"
                 )
         results: dict[str, Any] = {}
-        _reset_target(dsn)
-        raw1 = _raw_copy(dsn)
-        assert _count(dsn) == args.rows
-        _reset_target(dsn)
-        same_load, same_wall = _backfill(dsn, namespace, args.batch_size, separate=False)
-        assert _count(dsn) == args.rows, "backfill must load every row"
-        _reset_target(dsn)
-        sep_load, sep_wall = _backfill(dsn, namespace, args.batch_size, separate=True)
-        assert _count(dsn) == args.rows, "backfill must load every row"
-        _reset_target(dsn)
-        raw2 = _raw_copy(dsn)
-        raw = (raw1 + raw2) / 2
-        results.update(
-            raw_rps=args.rows / raw,
-            same_rps=args.rows / same_load,
-            same_wall_rps=args.rows / same_wall,
-            sep_rps=args.rows / sep_load,
-            sep_wall_rps=args.rows / sep_wall,
+        # The machine is shared: interleave the three, repeat, and keep each one's best.
+        runs: dict[str, list[float]] = {
+            "raw": [],
+            "same": [],
+            "sep": [],
+            "same_wall": [],
+            "sep_wall": [],
+        }
+        for _ in range(args.rounds):
+            _reset_target(dsn)
+            runs["raw"].append(_raw_copy(dsn))
+            assert _count(dsn) == args.rows
+            for key, separate in (("same", False), ("sep", True)):
+                _reset_target(dsn)
+                load, wall = _backfill(dsn, namespace, args.batch_size, separate=separate)
+                assert _count(dsn) == args.rows, "backfill must load every row"
+                runs[key].append(load)
+                runs[f"{key}_wall"].append(wall)
+        for key, times in runs.items():
+            results[f"{key}_rps"] = args.rows / min(times)
+        results["runs"] = "; ".join(
+            f"{k} " + ", ".join(f"{t:.2f}" for t in v) for k, v in runs.items() if "wall" not in k
         )
         print(
-            f"raw COPY {results['raw_rps']:.0f} rows/s (runs {raw1:.2f}s, {raw2:.2f}s);"
-            f" backfill same db {results['same_rps']:.0f} rows/s ({same_load:.2f}s),"
-            f" separate target {results['sep_rps']:.0f} rows/s ({sep_load:.2f}s)",
+            f"raw COPY {results['raw_rps']:.0f} rows/s, backfill same db"
+            f" {results['same_rps']:.0f} rows/s, separate target {results['sep_rps']:.0f}"
+            f" rows/s (seconds per run: {results['runs']})",
             flush=True,
         )
         live = _live(dsn, namespace, args.live_rate, args.live_seconds, log_dir)
@@ -323,11 +340,14 @@ def main(argv: list[str]) -> int:
     rate_ok = live["stored"] == live["sent"]
     body = f"""## ETL worker (`just bench etl{" " + " ".join(argv) if argv else ""}`)
 
-Backfill of {args.rows:,} audit rows (spread over 3 days, daily partitions ready) into
+Backfill of {args.rows:,} audit rows over the last {span_seconds(args.rows) / 3600:.1f} h
+(≈ {DENSITY:.0f} rows a minute, the density of the issue's 1 000 000 rows over 3 days;
+daily partitions ready) into
 `audit_logs_ts` on the plain-PostgreSQL path with `bridge-etl backfill --batch-size
 {args.batch_size}` (a subprocess), beside raw `COPY` of the same rows into the same table in
-the same run (source → client → target, no transformation, no rollup, no conflict check;
-mean of one run before and one after the worker's).
+the same run (source → client → target, no transformation, no rollup, no conflict check).
+The three were interleaved {args.rounds} times on the shared machine and each one's best
+run counts (seconds per run: {results["runs"]}).
 
 | path | rows/s | vs raw COPY |
 |---|---|---|
@@ -343,9 +363,8 @@ events); with process start-up included: {results["same_wall_rps"]:,.0f} and
 {results["sep_wall_rps"]:,.0f} rows/s. Target ≥ 50 % of raw COPY: same database
 {"met" if ratio >= 0.5 else "NOT met"}, separate target {"met" if sep_ratio >= 0.5 else "NOT met"}.
 The worker does more per row than the reference: it validates the row, inserts with
-`ON CONFLICT DO NOTHING` and upserts the per-minute rollup in the same transaction (at
-this density most rows open their own (minute, action, severity) group, the rollup's worst
-case).
+`ON CONFLICT DO NOTHING` and upserts the per-minute rollup in the same transaction (about
+one rollup group per 10 rows at this density; sparser history costs more per row).
 
 Live event mode: {live["sent"]:,} events published at {live["sent"] / live["seconds"]:,.0f}
 rows/s for {live["seconds"]:.0f} s through `EventPublisher` into the `audit_logs` stream

@@ -25,6 +25,8 @@ from .transform import SOURCE_SELECT
 log = get_logger(__name__)
 
 ORIGIN = "backfill"
+#: pages loaded side by side (two database sessions: one can stream while one inserts)
+PAGES_IN_FLIGHT = 2
 _PLAN = """
 SELECT max(id), count(*) FILTER (WHERE created_at < %s),
        array_agg(DISTINCT (created_at AT TIME ZONE 'UTC')::date)
@@ -71,39 +73,51 @@ async def _pages(
     batch_size: int,
     same_database: bool,
 ) -> int:
-    total = 0
-    while not stop.is_set():
-        cutoff = sink.partitions.expired_before()
-        async with source.connection() as conn:
-            cur = await conn.execute(
-                _PLAN, (cutoff, cutoff, last, since, end, batch_size), prepare=False
-            )
-            plan = await cur.fetchone()
-        if plan is None or plan[0] is None:
-            break
-        hi, expired, days = int(plan[0]), int(plan[1]), plan[2] or []
-        if sink.path == "plain":
-            await sink.partitions.ensure(d for d in days if isinstance(d, date))
+    """Plan `PAGES_IN_FLIGHT` consecutive pages, load them side by side, repeat."""
+
+    async def load(lo: int, hi: int, expired: int) -> int:
         if same_database:
             result = await sink.load_source_range(
-                last, hi, since=since, until=until, origin=ORIGIN, stop=stop
+                lo, hi, since=since, until=until, origin=ORIGIN, stop=stop
             )
             async with source.connection() as conn:
                 cur = await conn.execute(
                     SOURCE_SELECT + SOURCE_LEFTOVERS,  # noqa: S608 - constant SQL
-                    sink.params_for_leftovers(last, hi, since, until),
+                    sink.params_for_leftovers(lo, hi, since, until),
                     prepare=False,
                 )
                 leftovers = await cur.fetchall()
         else:
             result, leftovers = await sink.load_streamed_range(
-                source, last, hi, since=since, until=until, origin=ORIGIN, stop=stop
+                source, lo, hi, since=since, until=until, origin=ORIGIN, stop=stop
             )
         if leftovers:
             rows, rejects = to_rows(leftovers, ORIGIN)
             await sink.load(rows, rejects, origin=ORIGIN, stop=stop)
         if expired:
             sink.stats.expired(expired)
-        total += result.inserted + len(leftovers) + expired
-        last = hi
+        return result.inserted + len(leftovers) + expired
+
+    total = 0
+    done = False
+    while not stop.is_set() and not done:
+        cutoff = sink.partitions.expired_before()
+        pages: list[tuple[int, int, int]] = []
+        async with source.connection() as conn:
+            for _ in range(PAGES_IN_FLIGHT):
+                cur = await conn.execute(
+                    _PLAN, (cutoff, cutoff, last, since, end, batch_size), prepare=False
+                )
+                plan = await cur.fetchone()
+                if plan is None or plan[0] is None:
+                    done = True
+                    break
+                hi, expired, days = int(plan[0]), int(plan[1]), plan[2] or []
+                if sink.path == "plain":
+                    await sink.partitions.ensure(d for d in days if isinstance(d, date))
+                pages.append((last, hi, expired))
+                last = hi
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(load(lo, hi, expired)) for lo, hi, expired in pages]
+        total += sum(t.result() for t in tasks)
     return total
