@@ -26,6 +26,21 @@ CUT_GRACE = 2.0
 EXTENSION = "bridge.cut"
 
 
+class _NoQueue:
+    """Replaces the ASGI receive queue once detached: messages go to callbacks instead."""
+
+    def put_nowait(self, item: object) -> None:
+        pass
+
+    def empty(self) -> bool:
+        return True
+
+    def qsize(self) -> int:
+        return 0
+
+
+_NO_QUEUE = _NoQueue()
+
 OnFrame = Callable[[str | bytes], None]
 OnGone = Callable[[], None]
 
@@ -63,6 +78,12 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
+        # free what only the handshake and the ASGI receive path needed
+        attrs: dict[str, Any] = vars(self)
+        attrs["queue"] = _NO_QUEUE
+        attrs["request"] = None
+        attrs["response"] = None
+        attrs["scope"] = {"type": "websocket", "client": self.client, "server": self.server}
 
     def _gone(self) -> None:
         on_gone, self.on_gone = self.on_gone, None
