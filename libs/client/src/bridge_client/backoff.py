@@ -35,7 +35,7 @@ class Backoff:
     `healthy_after` seconds resets the attempt counter."""
 
     base: float = 0.5
-    cap: float = 30.0
+    cap: float = 10.0
     healthy_after: float = 10.0
 
     def __post_init__(self) -> None:

@@ -177,7 +177,7 @@ export class BridgeClient {
     this.wsUrl = `${httpScheme === "https:" ? "wss:" : "ws:"}//${base.host}${path}/ws`;
     this.options = {
       transport: opts.transport || "auto",
-      backoff: { base: 500, cap: 30000, healthyAfter: 10000, ...(opts.backoff || {}) },
+      backoff: { base: 500, cap: 10000, healthyAfter: 10000, ...(opts.backoff || {}) },
       pingInterval: opts.pingInterval ?? 20000,
       maxAuthFailures: opts.maxAuthFailures ?? 3,
       maxSubscribeRetries: opts.maxSubscribeRetries ?? 5,
