@@ -295,3 +295,29 @@ def test_invalid_configuration_exits_2_with_one_line(bridge_env) -> None:
     assert res.returncode == 2
     err = res.stderr.decode().strip()
     assert len(err.splitlines()) == 1 and "BRIDGE_NOTIFIER_BATCH_SIZE" in err
+
+
+async def test_stream_is_bounded_by_stream_maxlen(
+    spawn, bridge_env, migrated_dsn, namespace, aredis_client
+) -> None:
+    await create_watched_table(migrated_dsn, "bounded")
+    proc = spawn("notifier", {**bridge_env, "BRIDGE_STREAM_MAXLEN": "100"})
+    async with await psycopg.AsyncConnection.connect(migrated_dsn, autocommit=True) as conn:
+        for lo in range(0, 2000, 100):
+            await conn.execute(
+                "INSERT INTO bounded (id, w) SELECT g, 0 FROM generate_series(%s::int, %s::int) g",
+                (lo, lo + 99),
+            )
+
+    def all_published() -> bool:
+        return (
+            metric(proc, 'bridge_notifier_events_published_total{topic="bounded"}') or 0
+        ) >= 2000
+
+    await wait_until(all_published, 20, "2000 events published")
+    length = await aredis_client.xlen(Channels(namespace).stream("bounded"))
+    assert 100 <= length < 400  # MAXLEN ~ trims whole stream nodes, so approximately
+    [(last_id, fields)] = await aredis_client.xrevrange(
+        Channels(namespace).stream("bounded"), count=1
+    )
+    assert decode_event(assemble_event("bounded", last_id, fields[b"f"])).key == "1999"
