@@ -122,3 +122,9 @@ async def test_topic_outside_the_token_is_rejected_as_forbidden(
             await allowed.wait_live()
         assert rejected.value.code == "forbidden"
         assert rejected.value.topic == f"theirs_{transport}"
+        # a rejected subscription frees its topic: asking again is allowed (and refused again)
+        again = client.subscribe(f"theirs_{transport}")
+        async with asyncio.timeout(15):
+            with pytest.raises(SubscriptionRejected):
+                await anext(again)
+        assert allowed.live
