@@ -134,7 +134,8 @@ def test_sighup_reload_applies_valid_and_keeps_old_on_invalid(
     [hook] = receiver.wait(lambda: receiver.delivered("/hook"), what="fires after reload")
     assert hook.json()["threshold"] == 10 and hook.json()["summary"] == "50 connections"
     # removing the rule resolves its firing alert and forgets it
-    path.write_text(rules_yaml(receiver.url, RULE.format(threshold=10).replace("conn_high", "x")))
+    other = RULE.format(threshold=10).replace("conn_high", "x").replace("gateway.", "etl.")
+    path.write_text(rules_yaml(receiver.url, other))
     feed.set({})
     proc.proc.send_signal(signal.SIGHUP)
     receiver.wait(lambda: len(receiver.delivered("/hook")) == 2, what="resolve of removed rule")

@@ -102,8 +102,6 @@ class Evaluator:
         resp: Any = await self.client.xread(
             {self.channels.snapshot_stream: self._last_id}, count=READ_BATCH, block=1000
         )
-        if self.rules() is not self._ruleset:
-            await self._reconcile()
         for _stream, entries in resp or []:
             for entry_id, fields in entries:
                 self._last_id = entry_id
@@ -130,7 +128,10 @@ class Evaluator:
         self._last_ts = snapshot.ts
         metrics.EVALUATIONS.inc()
         metrics.SNAPSHOT_AGE.set(max(0.0, time.time() - snapshot.ts))
-        ruleset = self.rules()
+        if self.rules() is not self._ruleset:
+            await self._reconcile()  # a reload: forget removed rules before using new ones
+        ruleset = self._ruleset
+        assert ruleset is not None
         silenced = await self.silences.active()
         now = snapshot.ts
         for rule in ruleset.rules:
