@@ -290,6 +290,7 @@ def run(args: argparse.Namespace, dsn: str, redis_url: str) -> int:
         f"rows {took['rows']:.1f}s, rollup {took['rollup']:.1f}s "
         f"({int(took['rollup_rows']):,} rollup rows), analyze {took['analyze']:.1f}s"
     )
+    load_before = os.getloadavg()[0]
     runs = []
     for label, extra in (
         ("caches on (defaults)", {}),
@@ -300,6 +301,7 @@ def run(args: argparse.Namespace, dsn: str, redis_url: str) -> int:
         if results is None:
             return 1
         runs.append((label, results))
+    load_after = os.getloadavg()[0]
     ref = raw_scan_reference(dsn, 3)
     log(f"reference raw-row 24 h timeline: p50 {ref['p50']:.0f} ms")
 
@@ -333,7 +335,9 @@ def run(args: argparse.Namespace, dsn: str, redis_url: str) -> int:
         f"connection, {ref['n']} runs) | {ref['p50']:.0f} | – | {ref['max']:.0f} | – | – |",
         "",
         f"Data generation: rows {took['rows']:.0f} s, rollup {took['rollup']:.0f} s, "
-        f"VACUUM ANALYZE {took['analyze']:.0f} s.",
+        f"VACUUM ANALYZE {took['analyze']:.0f} s. Load average (1 min) when the load "
+        f"started / ended: {load_before:.1f} / {load_after:.1f} on {os.cpu_count()} cores — "
+        "compare every row with the `/healthz` floor measured in the same minute.",
     ]
     body = "\n".join(lines)
     print(body)
