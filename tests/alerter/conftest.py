@@ -120,7 +120,7 @@ def feed(redis_url: str, ns: str) -> Iterator[Feed]:
     f.stop()
 
 
-def wait_until(cond: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
+def wait_until(cond: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = cond()

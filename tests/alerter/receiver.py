@@ -104,7 +104,7 @@ class Receiver:
         """Requests on `path` that were answered 2xx."""
         return [r for r in self.at(path) if r.status is not None and 200 <= r.status < 300]
 
-    def wait(self, cond: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
+    def wait(self, cond: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             result = cond()

@@ -173,7 +173,7 @@ FLAP = """\
 
 def test_flapping_within_grace_is_one_incident(spawn, alerter_env, receiver, feed, ns, r) -> None:
     Path(alerter_env["BRIDGE_ALERT_RULES"]).write_text(rules_yaml(receiver.url, FLAP))
-    env = {**alerter_env, "BRIDGE_ALERTER_RESOLVE_GRACE": "1.5"}
+    env = {**alerter_env, "BRIDGE_ALERTER_RESOLVE_GRACE": "2.5"}
     feed.set({"gateway.connections": 20})
     proc = spawn("alerter", env)
     receiver.wait(lambda: receiver.delivered("/hook"), what="firing")
