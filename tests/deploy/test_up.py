@@ -79,9 +79,9 @@ class Up:
         return psutil.Process(self.proc.pid).children(recursive=True)
 
 
-def start_up(env: dict[str, str], data_dir: Path) -> Up:
+def start_up(env: dict[str, str], data_dir: Path, *extra: str) -> Up:
     argv = ["just", "up", "--data-dir", str(data_dir), "--postgres", "embedded",
-            "--redis", "embedded", "--demo-rate", "5"]  # fmt: skip
+            "--redis", "embedded", "--demo-rate", "5", *extra]  # fmt: skip
     proc = subprocess.Popen(
         argv,
         cwd=ROOT,
@@ -247,7 +247,7 @@ def test_second_up_reuses_the_data(
     first_run: dict[str, object], data_dir: Path, up_env: dict[str, str]
 ) -> None:
     assert int(first_run["intents"]) > 0  # type: ignore[call-overload]
-    up = start_up(up_env, data_dir)
+    up = start_up(up_env, data_dir, "--no-demo")
     try:
         up.wait_for_line("curl -N", timeout=90)
         dsn = read_stack_env(data_dir)["BRIDGE_SOURCE_DSN"]
