@@ -335,6 +335,7 @@ def main(argv: list[str]) -> int:
                 r.delete(key)
         r.close()
 
+    load1, load5, _ = os.getloadavg()
     ratio = results["same_rps"] / results["raw_rps"]
     sep_ratio = results["sep_rps"] / results["raw_rps"]
     rate_ok = live["stored"] == live["sent"]
@@ -346,8 +347,9 @@ daily partitions ready) into
 `audit_logs_ts` on the plain-PostgreSQL path with `bridge-etl backfill --batch-size
 {args.batch_size}` (a subprocess), beside raw `COPY` of the same rows into the same table in
 the same run (source → client → target, no transformation, no rollup, no conflict check).
-The three were interleaved {args.rounds} times on the shared machine and each one's best
-run counts (seconds per run: {results["runs"]}).
+The three were interleaved {args.rounds} times on the shared machine (load average
+{load1:.1f} / {load5:.1f} over 1 / 5 min at the end: other suites were running) and each
+one's best run counts (seconds per run: {results["runs"]}).
 
 | path | rows/s | vs raw COPY |
 |---|---|---|
