@@ -133,14 +133,21 @@ async def test_browser_sees_every_event_once_across_a_gateway_crash(
         assert refused, "the page never tried WebSocket first"
 
 
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
 async def test_browser_reports_history_lost_then_stays_live(
-    browser: Browser, module_gateway: ServiceProcess, module_redis: RedisNode, namespace: str
+    browser: Browser,
+    module_gateway: ServiceProcess,
+    module_redis: RedisNode,
+    namespace: str,
+    transport: str,
 ) -> None:
-    async with ticker(module_redis.url, namespace, "trimmed", maxlen=10) as tick:
+    topic = f"trimmed_{transport}"
+    async with ticker(module_redis.url, namespace, topic, maxlen=10) as tick:
         for n in range(1, 401):
             await tick.publish(n)
+        options = {**FAST, "transport": transport}
         page, server = await open_page(
-            browser, page_html(module_gateway.url, "trimmed", FAST, tick.ids[1])
+            browser, page_html(module_gateway.url, topic, options, tick.ids[1])
         )
         try:
             await wait_for(page, "window.errors.includes('history_lost') && window.lives.length")
@@ -148,6 +155,7 @@ async def test_browser_reports_history_lost_then_stays_live(
             await tick.publish(401)
             await wait_for(page, "window.seen.length >= 1")
             assert await page.evaluate("window.seen") == [401]
+            assert await page.evaluate("window.client.transport") == transport
         finally:
             await page.close()
             await server.__aexit__(None, None, None)
