@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from bridge_client import Endpoints, parse_event_id
+from bridge_client import (
+    BridgeClient,
+    ClientClosed,
+    DuplicateSubscription,
+    Endpoints,
+    InvalidSubscription,
+    parse_event_id,
+)
 from bridge_client.eventid import format_event_id
 from bridge_client.sse import filter_params
 
@@ -54,3 +61,42 @@ def test_filter_params_repeat_list_values_and_spell_json_scalars() -> None:
         ("x", "null"),
     ]
     assert filter_params(None) == []
+
+
+@pytest.mark.parametrize(
+    ("topic", "filter", "since"),
+    [
+        ("no spaces allowed", None, None),
+        ("", None, None),
+        ("intents", {"status": {"nested": 1}}, None),
+        ("intents", {"status": []}, None),
+        ("intents", {"status": [["a"]]}, None),
+        ("intents", None, "yesterday"),
+    ],
+)
+async def test_subscribe_refuses_what_the_gateway_would(
+    topic: str, filter: dict[str, object] | None, since: str | None
+) -> None:
+    async with BridgeClient("http://127.0.0.1:9") as client:
+        with pytest.raises(InvalidSubscription):
+            client.subscribe(topic, filter=filter, since=since)
+        assert client.subscriptions == []
+        assert client.connections == 0
+
+
+async def test_subscribe_needs_a_started_client_and_one_subscription_per_topic() -> None:
+    client = BridgeClient("http://127.0.0.1:9")
+    with pytest.raises(ClientClosed):
+        client.subscribe("intents")
+    async with client:
+        sub = client.subscribe("intents", filter={"status": ["failed", None, 3, True]})
+        with pytest.raises(DuplicateSubscription):
+            client.subscribe("intents")
+        await sub.close()
+        client.subscribe("intents")  # free again
+    with pytest.raises(ClientClosed):
+        client.subscribe("intents")
+    with pytest.raises(ValueError):
+        BridgeClient("http://127.0.0.1:9", token="a", token_provider=lambda: "b")
+    with pytest.raises(ValueError):
+        BridgeClient("http://127.0.0.1:9", transport="carrier-pigeon")

@@ -18,6 +18,7 @@ from .errors import (
     ClientClosed,
     DuplicateSubscription,
     HistoryLost,
+    InvalidSubscription,
     SubscriptionRejected,
     Unauthorized,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "Endpoints",
     "Event",
     "HistoryLost",
+    "InvalidSubscription",
     "Subscription",
     "SubscriptionRejected",
     "Unauthorized",

@@ -19,10 +19,11 @@ from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from bridge_common.channels import check_topic
+from bridge_common.channels import InvalidTopic, check_topic
 
 from .backoff import Backoff
-from .errors import BridgeClientError, ClientClosed, DuplicateSubscription
+from .errors import BridgeClientError, ClientClosed, DuplicateSubscription, InvalidSubscription
+from .eventid import parse_event_id
 from .sse import SSEStream
 from .subscription import FilterSpec, Subscription
 from .websocket import FallbackToSSE, WebSocketSession
@@ -182,7 +183,7 @@ class BridgeClient:
             raise ClientClosed("use `async with BridgeClient(...)` (or start()) first")
         if self._fatal is not None:
             raise self._fatal
-        check_topic(topic)
+        _validate(topic, filter, since)
         if topic in self._subs:
             raise DuplicateSubscription(f"already subscribed to {topic!r}; close that one first")
         if len(self._subs) >= self.options.max_subscriptions:
@@ -281,3 +282,27 @@ class BridgeClient:
             self._sse_streams[sub] = asyncio.create_task(
                 SSEStream(self, sub).run(), name=f"bridge-client-sse-{sub.topic}"
             )
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _validate(topic: str, filter: FilterSpec | None, since: str | None) -> None:
+    """Refuse what the gateway would answer with `bad_request`, before it is sent."""
+    try:
+        check_topic(topic)
+    except InvalidTopic as exc:
+        raise InvalidSubscription(str(exc)) from None
+    for name, value in (filter or {}).items():
+        values = value if isinstance(value, list) else [value]
+        if not isinstance(name, str) or not name or not values:
+            raise InvalidSubscription(f"filter {name!r}: a field name and at least one value")
+        if not all(isinstance(v, _SCALARS) for v in values):
+            raise InvalidSubscription(
+                f"filter {name!r}: values are strings, numbers, booleans or null"
+            )
+    if since is not None:
+        try:
+            parse_event_id(since)
+        except ValueError:
+            raise InvalidSubscription(f"since {since!r} is not an event id") from None

@@ -28,6 +28,10 @@ class SubscriptionRejected(BridgeClientError):
         super().__init__(f"{topic}: {code}: {message}")
 
 
+class InvalidSubscription(BridgeClientError, ValueError):
+    """A topic name or filter the gateway would refuse (caught before sending)."""
+
+
 class DuplicateSubscription(BridgeClientError):
     """A client holds at most one subscription per topic (the protocol keys them by topic)."""
 
