@@ -90,6 +90,38 @@ def migrate(env: dict[str, str]) -> None:
     sys.stdout.write(result.stdout)
 
 
+def settings_of_stack(
+    env: dict[str, str], pg: postgres.Postgres, redis: redis_server.Redis, secret: str, root: Path
+) -> dict[str, str]:
+    """What every child gets on top of the caller's environment (also saved as stack.env)."""
+    values = {
+        "BRIDGE_SOURCE_DSN": pg.dsn,
+        "BRIDGE_TARGET_DSN": env.get("BRIDGE_TARGET_DSN", pg.dsn)
+        if pg.kind == "configured"
+        else pg.dsn,
+        "BRIDGE_JWT_SECRET": secret,
+    }
+    if redis.kind != "cluster":
+        values["BRIDGE_REDIS_URL"] = redis.url
+    for svc in SERVICES:
+        values[svc.port_var] = str(svc.port(env))
+    if not env.get("BRIDGE_ALERT_RULES") and not (root / "alerts.yaml").exists():
+        values["BRIDGE_ALERT_RULES"] = str(root / DEMO_RULES)
+    gateway = next(s for s in SERVICES if s.name == "gateway")
+    host = env.get("BRIDGE_HOST", "127.0.0.1")
+    browser_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+    # the dashboard page listens to live audit logs and alerts through the gateway
+    dashboard = {
+        "BRIDGE_DASHBOARD_GATEWAY_URL": f"http://{browser_host}:{gateway.port(env)}",
+        "BRIDGE_DASHBOARD_GATEWAY_TOKEN": tokens.mint(
+            secret, subject="dashboard", topics=["audit_logs", "alerts"]
+        ),
+    }
+    for key, value in dashboard.items():
+        values[key] = env.get(key, value)
+    return values
+
+
 def up(args: argparse.Namespace) -> int:
     root = Path.cwd()
     data_dir = Path(args.data_dir).resolve()
@@ -111,31 +143,7 @@ def up(args: argparse.Namespace) -> int:
         print(f"bridge-up: {pg.describe()}", flush=True)
         print(f"bridge-up: {redis.describe()}", flush=True)
         secret = env.get("BRIDGE_JWT_SECRET") or tokens.load_or_create_secret(data_dir)
-        stack_values = {
-            "BRIDGE_SOURCE_DSN": pg.dsn,
-            "BRIDGE_TARGET_DSN": env.get("BRIDGE_TARGET_DSN", pg.dsn)
-            if pg.kind == "configured"
-            else pg.dsn,
-            "BRIDGE_JWT_SECRET": secret,
-        }
-        if redis.kind != "cluster":
-            stack_values["BRIDGE_REDIS_URL"] = redis.url
-        for svc in SERVICES:
-            stack_values[svc.port_var] = str(svc.port(env))
-        if not env.get("BRIDGE_ALERT_RULES") and not (root / "alerts.yaml").exists():
-            stack_values["BRIDGE_ALERT_RULES"] = str(root / DEMO_RULES)
-        gateway = next(s for s in SERVICES if s.name == "gateway")
-        host = env.get("BRIDGE_HOST", "127.0.0.1")
-        browser_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
-        # the dashboard page listens to live audit logs and alerts through the gateway
-        dashboard = {
-            "BRIDGE_DASHBOARD_GATEWAY_URL": f"http://{browser_host}:{gateway.port(env)}",
-            "BRIDGE_DASHBOARD_GATEWAY_TOKEN": tokens.mint(
-                secret, subject="dashboard", topics=["audit_logs", "alerts"]
-            ),
-        }
-        for key, value in dashboard.items():
-            stack_values[key] = env.get(key, value)
+        stack_values = settings_of_stack(env, pg, redis, secret, root)
         child_env = child_environment(env, stack_values)
         write_env_file(data_dir / "stack.env", stack_values)
         migrate(child_env)

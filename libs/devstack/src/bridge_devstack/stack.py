@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -88,7 +87,3 @@ def child_environment(base: dict[str, str], overrides: dict[str, str]) -> dict[s
     env.setdefault("BRIDGE_SNAPSHOT_INTERVAL", "5")
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def current_environment() -> dict[str, str]:
-    return dict(os.environ)
