@@ -126,3 +126,12 @@ async def test_auth_disabled_and_origin_allow_list(spawn, gw_env, inject) -> Non
             proc.url + "/events/intents", headers={"Origin": "https://evil.example.net"}
         )
         assert bad.status_code == 403
+
+
+async def test_connection_ends_when_its_token_expires(gateway, inject) -> None:
+    async with await connect(gateway, tok=token(["intents"], ttl=1.5)) as ws:
+        assert (await subscribe(ws, "intents"))[-1]["type"] == "subscribed"
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            await recv_json(ws, 10)
+        assert info.value.rcvd is not None
+        assert (info.value.rcvd.code, info.value.rcvd.reason) == (1008, "token expired")

@@ -133,6 +133,7 @@ class Client:
         "on_cut",
         "sink",
         "wait_writable",
+        "expiry",
         "_tokens",
         "_stamp",
     )
@@ -167,6 +168,8 @@ class Client:
         #: bounded outgoing buffer and no writer task is needed
         self.sink: Callable[[bytes], int] | None = None
         self.wait_writable: Callable[[], Awaitable[None]] | None = None
+        #: closes the connection when the token expires
+        self.expiry: asyncio.TimerHandle | None = None
         self._tokens = float(limits.burst)
         self._stamp = asyncio.get_running_loop().time()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 from bridge_common.channels import Channels
@@ -20,12 +21,16 @@ from bridge_common.redis import AnyRedis
 
 from . import metrics
 from .auth import Authenticator, Principal
-from .clients import GOING_AWAY, Client, Limits, Transport
+from .clients import GOING_AWAY, POLICY_VIOLATION, Client, Limits, Transport
 from .history import History
 from .hub import Hub
 from .settings import Settings
 
 log = get_logger(__name__)
+
+
+def _expire(client: Client) -> None:
+    client.cut(POLICY_VIOLATION, "token expired", reason_label="expired")
 
 
 class TopicRegistry:
@@ -80,12 +85,20 @@ class Gateway:
         self, transport: Transport, principal: Principal, *, write_through: bool = False
     ) -> Client:
         client = Client(transport, principal, self.limits, write_through=write_through)
+        if principal.exp is not None:
+            # a connection lives no longer than its token: the client reconnects with a
+            # fresh one and resumes from its last id
+            delay = max(0.0, principal.exp - time.time())
+            client.expiry = asyncio.get_running_loop().call_later(delay, _expire, client)
         self.clients.add(client)
         metrics.CONNECTIONS.labels(transport).inc()
         self._gone.clear()
         return client
 
     def close_client(self, client: Client) -> None:
+        if client.expiry is not None:
+            client.expiry.cancel()
+            client.expiry = None
         if client in self.clients:
             self.clients.discard(client)
             metrics.CONNECTIONS.labels(client.transport).dec()
