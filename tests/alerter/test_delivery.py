@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 from bridge_common.channels import Channels
 
 from .conftest import rules_yaml, wait_until
@@ -131,4 +132,28 @@ def test_many_notifications_each_delivered_exactly_once(
     time.sleep(0.5)
     ids = [h.headers["x-bridge-delivery"] for h in receiver.at("/hook")]
     assert len(ids) == len(set(ids)) == 2 * n
+    assert proc.stop() == 0
+
+
+def test_4xx_is_dropped_at_once_and_retries_stop_at_max_age(
+    spawn, alerter_env, receiver, feed, r, ns
+) -> None:
+    Path(alerter_env["BRIDGE_ALERT_RULES"]).write_text(_rules(receiver.url, "hook, slack"))
+    receiver.script("/hook", Answer(404))  # e.g. a wrong URL: retrying cannot help
+    receiver.script("/slack", *[Answer(500) for _ in range(500)])  # down for good
+    env = {**alerter_env, "BRIDGE_ALERTER_DELIVERY_MAX_AGE": "1.5"}
+    feed.set({"etl.lag_seconds": 90})
+    proc = spawn("alerter", env)
+    wait_until(lambda: '"delivery.rejected"' in proc.logs(), what="404 rejected")
+    wait_until(lambda: '"delivery.expired"' in proc.logs(), what="500s given up")
+    wait_until(lambda: r.hlen(Channels(ns).alert_outbox) == 0, what="outbox empty")
+    assert [a.status for a in receiver.at("/hook")] == [404]
+    slack = receiver.at("/slack")
+    assert len(slack) >= 3 and all(a.status == 500 for a in slack)
+    n = len(slack)
+    time.sleep(0.5)
+    assert len(receiver.at("/slack")) == n  # no attempt after expiry
+    text = httpx.get(proc.url + "/metrics").text
+    assert 'bridge_alerter_notifications_total{channel="hook",outcome="rejected"} 1.0' in text
+    assert 'bridge_alerter_notifications_total{channel="slack",outcome="expired"} 1.0' in text
     assert proc.stop() == 0

@@ -105,7 +105,10 @@ async def serve(settings: Settings, rules_path: str, ruleset: RuleSet) -> int:
             lambda: {
                 "leader": leadership.is_leader,
                 "rules": len(live.current.rules),
-                "firing": sum(1 for s in evaluator.states.values() if s.state == "firing"),
+                # only the leader's view is current
+                "firing": sum(1 for s in evaluator.states.values() if s.state == "firing")
+                if leadership.is_leader
+                else None,
             }
         )
         return await svc.run()
