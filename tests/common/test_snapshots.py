@@ -35,3 +35,12 @@ async def test_publish_snapshot_writes_stream_channel_and_latest(client, namespa
     assert [decode_snapshot(g) for g in got] == snaps
     await ps.aclose()
     await client.delete(ch.snapshot_stream, ch.snapshot_latest)
+
+
+async def test_snapshot_stream_is_bounded(client, namespace: str) -> None:
+    ch = Channels(namespace + "-bounded")
+    for i in range(300):
+        await publish_snapshot(client, ch, MetricsSnapshot(ts=float(i), metrics={}), maxlen=10)
+    # MAXLEN ~ trims whole stream nodes (100 entries by default): approximate, but bounded
+    assert await client.xlen(ch.snapshot_stream) <= 110
+    await client.delete(ch.snapshot_stream, ch.snapshot_latest)

@@ -482,7 +482,7 @@ def test_openapi_describes_every_endpoint(api, seeded) -> None:
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     path=st.sampled_from([TL, CO, "/api/v1/dashboard/overview", "/api/v1/services"]),
