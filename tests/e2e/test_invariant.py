@@ -30,7 +30,8 @@ from tests.support.workload import (
     exactly_once,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# ~50-70 s each on an idle 2-core machine; the margin is for a machine shared with other runs
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
 
 RATE = 40  # writer transactions a second (2 rows each)
 STEADY = 3.0  # seconds of undisturbed load between faults
