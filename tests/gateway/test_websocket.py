@@ -173,3 +173,16 @@ async def test_heartbeat_reports_connections(gateway, redis_client, namespace) -
                     break
                 await asyncio.sleep(0.1)
             assert status["connections"] == 2 and status["subscriptions"] == 1
+
+
+async def test_many_clients_subscribing_and_resuming_at_once(gateway, inject) -> None:
+    """More concurrent resumes than the Redis pool has connections: all succeed."""
+    ids = await inject.rows("things", [{"id": f"m{i}"} for i in range(3)])
+    conns = await asyncio.gather(*(connect(gateway, tok=token(["things"])) for _ in range(150)))
+    try:
+        replies = await asyncio.gather(*(subscribe(ws, "things", since=ids[0]) for ws in conns))
+        for r in replies:
+            assert [m.get("id") for m in r] == [ids[1], ids[2], None]
+            assert r[-1] == {"type": "subscribed", "topic": "things", "recovered": True}
+    finally:
+        await asyncio.gather(*(ws.close() for ws in conns))

@@ -22,7 +22,7 @@ from bridge_common.redis import AnyRedis
 from . import metrics
 from .auth import Authenticator, Principal
 from .clients import GOING_AWAY, POLICY_VIOLATION, Client, Limits, Transport
-from .history import History
+from .history import REDIS_CONCURRENCY, History
 from .hub import Hub
 from .settings import Settings
 
@@ -36,18 +36,39 @@ def _expire(client: Client) -> None:
 class TopicRegistry:
     """Which topics exist: the notifier's `topics` set (positive answers are cached)."""
 
-    def __init__(self, redis: AnyRedis, channels: Channels) -> None:
+    def __init__(self, redis: AnyRedis, channels: Channels, limit: asyncio.Semaphore) -> None:
         self.redis = redis
         self.channels = channels
+        self.limit = limit
         self._known: set[str] = set()
+        self._asking: dict[str, asyncio.Future[bool]] = {}
 
     async def exists(self, topic: str) -> bool:
-        if topic in self._known:
-            return True
-        if await self.redis.sismember(self.channels.topics, topic):
+        while topic not in self._known:
+            pending = self._asking.get(topic)
+            if pending is None:
+                return await self._ask(topic)
+            # a thousand clients subscribing at once ask Redis once
+            await asyncio.wait([pending])
+            if not pending.cancelled():
+                return pending.result()
+        return True
+
+    async def _ask(self, topic: str) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._asking[topic] = future
+        try:
+            async with self.limit:
+                found = bool(await self.redis.sismember(self.channels.topics, topic))
+        except BaseException:
+            future.cancel()  # waiters ask again themselves
+            raise
+        finally:
+            self._asking.pop(topic, None)
+        if found:
             self._known.add(topic)
-            return True
-        return False
+        future.set_result(found)
+        return found
 
 
 class Gateway:
@@ -56,8 +77,9 @@ class Gateway:
         self.channels = Channels(settings.namespace)
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         self.auth = Authenticator(secret, enabled=settings.auth == "jwt")
-        self.topics = TopicRegistry(redis, self.channels)
-        self.history = History(redis, self.channels, settings.replay_batch)
+        limit = asyncio.Semaphore(REDIS_CONCURRENCY)
+        self.topics = TopicRegistry(redis, self.channels, limit)
+        self.history = History(redis, self.channels, settings.replay_batch, limit=limit)
         self.hub = Hub(pubsub_redis, self.channels, self.history, retry_base=settings.redis_retry)
         self.limits = Limits(
             max_messages=settings.send_buffer_messages,

@@ -9,6 +9,7 @@ the very last trimmed entry is reported lost too: conservative, never silent.)
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,20 +21,33 @@ from redis.exceptions import ResponseError
 from .errors import HistoryLost
 from .event_ids import ZERO, EventId, format_id, parse_id
 
+#: Redis commands the gateway's sessions run at once (the client pool holds 100)
+REDIS_CONCURRENCY = 32
+
 #: (event id, id bytes, event wire form)
 Entry = tuple[EventId, bytes, bytes]
 
 
 class History:
-    def __init__(self, redis: AnyRedis, channels: Channels, batch: int = 500) -> None:
+    def __init__(
+        self,
+        redis: AnyRedis,
+        channels: Channels,
+        batch: int = 500,
+        *,
+        limit: asyncio.Semaphore | None = None,
+    ) -> None:
         self.redis = redis
         self.channels = channels
         self.batch = batch
+        # bounds concurrent reads (a thousand clients resuming at once share the pool)
+        self.limit = limit or asyncio.Semaphore(REDIS_CONCURRENCY)
         self._transaction = not is_cluster(redis)
 
     async def tail(self, topic: str) -> EventId:
         """The newest event id of the topic (ZERO when it has none)."""
-        entries = await self.redis.xrevrange(self.channels.stream(topic), "+", "-", count=1)
+        async with self.limit:
+            entries = await self.redis.xrevrange(self.channels.stream(topic), "+", "-", count=1)
         if not entries:
             return ZERO
         newest: Any = entries[0][0]
@@ -44,10 +58,11 @@ class History:
         key = self.channels.stream(topic)
         cursor = after
         while True:
-            pipe = self.redis.pipeline(transaction=self._transaction)
-            pipe.xinfo_stream(key)
-            pipe.xrange(key, min=f"({format_id(cursor)}", max="+", count=self.batch)
-            info, entries = await pipe.execute(raise_on_error=False)
+            async with self.limit:
+                pipe = self.redis.pipeline(transaction=self._transaction)
+                pipe.xinfo_stream(key)
+                pipe.xrange(key, min=f"({format_id(cursor)}", max="+", count=self.batch)
+                info, entries = await pipe.execute(raise_on_error=False)
             if isinstance(entries, Exception):
                 raise entries
             if isinstance(info, ResponseError):

@@ -238,8 +238,12 @@ class Hub:
         backoff = Backoff(base=self._retry_base, cap=5.0)
         connected_once = False
         while not stop.is_set():
-            ps = self._new_pubsub()
+            ps: Any = None
             try:
+                if self.cluster:
+                    # the cluster client learns the slot map lazily; pubsub() needs it now
+                    await self.pubsub_client.initialize()  # type: ignore[union-attr]
+                ps = self._new_pubsub()
                 async with self._lock:
                     for feed in self.feeds.values():
                         feed.begin_sync()
@@ -263,8 +267,9 @@ class Hub:
                 self._pubsub = None
                 for feed in self.feeds.values():
                     feed.begin_sync()
-                with contextlib.suppress(Exception):
-                    await ps.aclose()
+                if ps is not None:
+                    with contextlib.suppress(Exception):
+                        await ps.aclose()
             if not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff.next_delay())
