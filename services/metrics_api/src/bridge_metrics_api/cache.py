@@ -4,7 +4,8 @@
   the background once older than `ttl`, so callers do not wait for it. The overview uses
   it: every viewer sees the same figures, about `ttl` (at most `5 × ttl`) old.
 * :class:`SettledBuckets` — timeline bucket counts that can no longer change much: buckets
-  that ended more than `settle` ago. They are kept for `ttl` seconds, so a 24 h timeline
+  that ended more than `settle` ago. They are kept for `ttl / 2` to `ttl` seconds (blocks of
+  60 expire at random moments, so refetches stay small), so a 24 h timeline
   asks the database only for the last few minutes plus whatever expired. A row the ETL
   loads later than `settle` shows up within `ttl`.
 
@@ -14,6 +15,7 @@ Both are bounded (entries per key, number of keys) and per process.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
@@ -79,6 +81,9 @@ Settled = tuple[tuple[int, ...], bytes]
 class SettledBuckets:
     """Settled buckets per key, addressed by bucket number (buckets since the UTC origin)."""
 
+    #: buckets that expire together
+    BLOCK = 60
+
     def __init__(
         self,
         ttl: float,
@@ -121,8 +126,15 @@ class SettledBuckets:
         now = time.monotonic()
         entries = self._store.setdefault(key, {})
         self._store.move_to_end(key)
+        # each block of buckets is aged by a random part of the TTL, so a day of buckets
+        # fetched at once expires block by block — many small refetches, not one big one
+        ages: dict[int, float] = {}
         for n, settled in buckets.items():
-            entries[n] = (now, settled)
+            block = n // self.BLOCK
+            age = ages.get(block)
+            if age is None:
+                age = ages[block] = random.uniform(0, self.ttl / 2)  # noqa: S311 - jitter
+            entries[n] = (now - age, settled)
         if len(entries) > self.max_buckets:
             expired_before = now - self.ttl
             for n in [n for n, (at, _) in entries.items() if at < expired_before]:
