@@ -298,12 +298,14 @@ async def run(args: argparse.Namespace) -> str:
         ("floor: Redis PUBLISH → same subscriber, p50 / p99", f"{f50:.2f} / {f99:.2f} ms", "—"),
     ]
     table = "\n".join("| " + " | ".join(r) + " |" for r in rows)
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     return f"""## Notifier
 
 `just bench notifier --rows={args.rows} --rate={args.rate:g} --seconds={args.seconds:g}`
 (default size; the full-size run is `--rows=1000000 --seconds=60`). PostgreSQL 15 and
-Redis 7 on the same 2-core machine, shared with other work; `track_commit_timestamp =
-{commit_ts}`; batch size 1000; ~300-byte rows; one topic.
+Redis 7 on the same 2-core machine, shared with other work (load average {load} at the
+end of the run); `track_commit_timestamp = {commit_ts}`; batch size 1000; ~300-byte rows;
+one topic.
 
 {table}
 
