@@ -242,7 +242,7 @@ class Hub:
             try:
                 if self.cluster:
                     # the cluster client learns the slot map lazily; pubsub() needs it now
-                    await self.pubsub_client.initialize()  # type: ignore[union-attr]
+                    await self.pubsub_client.initialize()
                 ps = self._new_pubsub()
                 async with self._lock:
                     for feed in self.feeds.values():
