@@ -15,6 +15,7 @@ from typing import Any
 
 import jwt
 import pytest
+import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright
 
 from tests.client.conftest import JWT_SECRET
@@ -27,7 +28,11 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
-@pytest.fixture
+# one Chromium for the module: its fixture and the tests share the module's event loop
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser() -> AsyncIterator[Browser]:
     if not shutil.which(CHROMIUM):
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")

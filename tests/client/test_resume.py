@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 
 import pytest
 from bridge_client import Backoff, BridgeClient
@@ -40,6 +41,10 @@ async def test_no_gap_no_duplicate_across_gateway_and_redis_crashes(
 
         await seen.wait_for(80)
         await _restart(gateway, signal.SIGKILL)
+        ready, before = time.monotonic(), len(seen.seen)
+        await seen.wait_for(before + 1)
+        # back within the backoff cap (plus generous slack for a busy shared machine)
+        assert time.monotonic() - ready <= FAST.cap + 8.0
 
         await seen.wait_for(200)
         await asyncio.to_thread(private_redis.kill)
