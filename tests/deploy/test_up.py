@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -120,9 +121,13 @@ def processes_using(folder: Path) -> list[psutil.Process]:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # short path: the embedded PostgreSQL's Unix socket lives inside it
-    return tmp_path_factory.mktemp("up") / "data"
+def data_dir() -> Iterator[Path]:
+    """Not under pytest's temporary root: that one is mode 0700 and every pytest session
+    starting meanwhile resets it, so the embedded PostgreSQL's own user (as root) could not
+    reach its data. Short, too: the server's Unix socket lives inside it."""
+    parent = Path(tempfile.mkdtemp(prefix="bridge-up-"))
+    yield parent / "data"
+    shutil.rmtree(parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
