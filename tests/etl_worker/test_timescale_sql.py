@@ -6,6 +6,7 @@ migration and the worker run for real."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import psycopg
 import pytest
 from bridge_common.migrate import split_statements
 from bridge_etl import sink
+from bridge_etl.target import sync_timescale_retention
 from pglast import ast
 
 from tests.support import infra
@@ -134,6 +136,21 @@ def test_timescale_migration_parses_and_runs_against_the_timescale_api(db_dsn) -
         conn.execute(
             "CALL refresh_continuous_aggregate('audit_logs_1m', now() - interval '4 days', now())"
         )
+        # the worker's retention sync reads the policy from timescaledb_information.jobs
+        conn.execute(
+            "CREATE SCHEMA timescaledb_information;"
+            " CREATE TABLE timescaledb_information.jobs (proc_name name, hypertable_name name,"
+            " config jsonb);"
+            " INSERT INTO timescaledb_information.jobs VALUES"
+            " ('policy_retention', 'audit_logs_ts', '{\"drop_after\": \"90 days\"}')"
+        )
+
+    async def sync(days: int) -> bool:
+        async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as aconn:
+            return await sync_timescale_retention(aconn, days)
+
+    assert asyncio.run(sync(90)) is False  # as the migration set it
+    assert asyncio.run(sync(30)) is True  # removed and added again with 30 days
 
 
 def test_timescale_for_real_where_the_extension_exists(pg_admin_dsn, tmp_path) -> None:
