@@ -162,3 +162,39 @@ async def test_refusals_are_plain_http_errors(gateway, inject, path, params, sta
     assert resp.status_code == status
     body = resp.json()
     assert body["type"] == "error" and body["code"] == code and body["message"]
+
+
+async def test_disconnects_release_connections_and_subscriptions(gateway, inject) -> None:
+    """Closing an SSE stream (its 'unsubscribe') or a WebSocket frees everything it held."""
+    import time
+
+    from tests.gateway.conftest import connect, metric, subscribe
+
+    def gauges() -> tuple[float, float]:
+        return (
+            metric(gateway, "bridge_gateway_connections"),
+            metric(gateway, "bridge_gateway_subscriptions"),
+        )
+
+    async def settle(expected: tuple[float, float]) -> None:
+        deadline = time.monotonic() + 10
+        while gauges() != expected:
+            assert time.monotonic() < deadline, gauges()
+            await asyncio.sleep(0.05)
+
+    base = gauges()
+    live = asyncio.Event()
+    async with httpx.AsyncClient(timeout=15) as http:
+        url = gateway.url + "/events/intents"
+        async with aconnect_sse(http, "GET", url, params={"token": token(["*"])}) as es:
+            async for sse in es.aiter_sse():
+                if sse.event == "subscribed":
+                    live.set()
+                    break
+        ws = await connect(gateway, tok=token(["*"]))
+        await subscribe(ws, "intents")
+        await subscribe(ws, "audit_logs")
+        await settle((base[0] + 1, base[1] + 2))  # the SSE stream is gone, the WS holds two
+        await ws.close()
+        await settle(base)
+    assert live.is_set()
