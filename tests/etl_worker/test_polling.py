@@ -53,30 +53,34 @@ def test_polling_once_moves_every_row_exactly_once(
 
 
 def test_late_commit_below_the_watermark_is_not_skipped(spawn, etl_env, clean) -> None:
-    """id 2 commits after id 3 was read; a rolled-back id leaves a gap that settles."""
-    proc = spawn("etl", {**etl_env, "BRIDGE_ETL_MODE": "polling"})
+    """ids 2..121 commit after 123 was read; a rolled-back id leaves a gap that settles."""
+    env = {**etl_env, "BRIDGE_ETL_MODE": "polling", "BRIDGE_ETL_BATCH_SIZE": "50"}
+    proc = spawn("etl", env)
     insert_rows(clean, 1)  # id 1
     slow = psycopg.connect(clean)
-    slow.execute("INSERT INTO audit_logs (actor, action) VALUES ('slow', 'late.commit')")  # id 2
+    slow.execute(  # ids 2..121, re-read later in batches of 50
+        "INSERT INTO audit_logs (actor, action) SELECT 'slow', 'late.commit'"
+        " FROM generate_series(1, 120)"
+    )
     aborted = psycopg.connect(clean)
-    aborted.execute("INSERT INTO audit_logs (actor, action) VALUES ('gone', 'rolled.back')")  # 3
-    insert_rows(clean, 2, start=10)  # ids 4, 5
-    wait_for(lambda: target_sum(clean)[0] == 3, 20, "rows 1, 4, 5")
+    aborted.execute("INSERT INTO audit_logs (actor, action) VALUES ('gone', 'x')")  # 122
+    insert_rows(clean, 2, start=10)  # ids 123, 124
+    wait_for(lambda: target_sum(clean)[0] == 3, 20, "rows 1, 123, 124")
     aborted.rollback()
     aborted.close()
-    # the worker must hold its watermark below the open gap of id 2
+    # the worker must hold its watermark below the open gap of ids 2..121
     with psycopg.connect(clean) as conn:
         (wm,) = conn.execute("SELECT watermark FROM bridge.etl_state").fetchone()
     assert wm < 2
     slow.commit()
     slow.close()
-    wait_for(lambda: target_sum(clean) == source_sum(clean), 20, "late row 2 loaded")
+    wait_for(lambda: target_sum(clean) == source_sum(clean), 20, "late rows 2..121 loaded")
 
     def settled() -> bool:
         with psycopg.connect(clean) as conn:
-            return conn.execute("SELECT watermark FROM bridge.etl_state").fetchone()[0] == 5
+            return conn.execute("SELECT watermark FROM bridge.etl_state").fetchone()[0] == 124
 
-    wait_for(settled, 20, "watermark past the rolled-back id 3")
+    wait_for(settled, 20, "watermark past the rolled-back id 122")
     assert rollup_mismatches(clean) == []
     assert proc.stop() == 0
 

@@ -181,10 +181,17 @@ class Poller:
             SOURCE_SELECT  # noqa: S608 - constant SQL
             + " WHERE id IN (SELECT a.id FROM audit_logs a"
             " JOIN unnest(%s::bigint[], %s::bigint[]) g(lo, hi) ON a.id BETWEEN g.lo AND g.hi)"
-            " ORDER BY id",
-            ([g.lo for g in ready], [g.hi for g in ready]),
+            " ORDER BY id LIMIT %s",
+            ([g.lo for g in ready], [g.hi for g in ready], self.batch_size),
         )
         late = list(await cur.fetchall())
+        if len(late) == self.batch_size:
+            # a batch at a time: what lies above the last id read stays ready for next poll
+            last = late[-1][0]
+            keep.extend(
+                Gap(max(g.lo, last + 1), g.hi, g.seen_at, g.horizon) for g in ready if g.hi > last
+            )
+            keep.sort(key=lambda g: g.lo)
         self.gaps = keep
         if late:
             log.info("polling.late_rows", count=len(late), ids=[r[0] for r in late[:20]])
