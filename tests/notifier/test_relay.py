@@ -297,11 +297,12 @@ def test_invalid_configuration_exits_2_with_one_line(bridge_env) -> None:
     assert len(err.splitlines()) == 1 and "BRIDGE_NOTIFIER_BATCH_SIZE" in err
 
 
-async def test_stream_is_bounded_by_stream_maxlen(
+async def test_stream_is_bounded_and_the_outbox_vacuumed_after_a_drain(
     spawn, bridge_env, migrated_dsn, namespace, aredis_client
 ) -> None:
     await create_watched_table(migrated_dsn, "bounded")
-    proc = spawn("notifier", {**bridge_env, "BRIDGE_STREAM_MAXLEN": "100"})
+    env = {**bridge_env, "BRIDGE_STREAM_MAXLEN": "100", "BRIDGE_NOTIFIER_VACUUM_AFTER": "1000"}
+    proc = spawn("notifier", env)
     async with await psycopg.AsyncConnection.connect(migrated_dsn, autocommit=True) as conn:
         for lo in range(0, 2000, 100):
             await conn.execute(
@@ -321,3 +322,6 @@ async def test_stream_is_bounded_by_stream_maxlen(
         Channels(namespace).stream("bounded"), count=1
     )
     assert decode_event(assemble_event("bounded", last_id, fields[b"f"])).key == "1999"
+    await wait_until(lambda: '"outbox.vacuumed"' in proc.logs(), 10, "the outbox VACUUM")
+    assert proc.stop() == 0
+    assert '"service.stopped"' in proc.logs() and "Traceback" not in proc.logs()

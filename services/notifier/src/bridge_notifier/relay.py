@@ -109,9 +109,22 @@ class Relay:
         self._next_topics = 0.0
         #: seqs of the last published batch: in Redis, pruned by the next fetch
         self._published: list[int] = []
+        self._relayed_since_vacuum = 0
+        self._vacuum: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._elect_and_relay(stop)
+        finally:
+            await self._stop_vacuum()
+
+    async def _stop_vacuum(self) -> None:
+        if self._vacuum is not None and not self._vacuum.done():
+            self._vacuum.cancel("shutdown")
+            await asyncio.wait([self._vacuum])
+
+    async def _elect_and_relay(self, stop: asyncio.Event) -> None:
         backoff = Backoff(base=0.2, cap=5.0)
         while not stop.is_set():
             try:
@@ -181,6 +194,8 @@ class Relay:
                 self._next_topics = 0.0  # a restarted Redis may have lost the topic set
                 redis_backoff.reset()
             await self._stats_if_due(outbox)
+            if caught_up:
+                self._vacuum_if_due()
             if caught_up and not stop.is_set():
                 # a wake-up NOTIFY, or the fallback poll
                 async for _ in conn.notifies(timeout=self.settings.poll_interval, stop_after=1):
@@ -218,6 +233,7 @@ class Relay:
                 self._published = []  # pruned by the read-ahead
             publish.result()  # RedisUnavailable: this batch stays in the outbox
             self._published.extend(seqs)
+            self._relayed_since_vacuum += len(seqs)
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
             log.debug("outbox.published", count=len(rows), last_seq=rows[-1].seq)
             if ahead is None:
@@ -252,6 +268,29 @@ class Relay:
                     log.info("outbox.duplicates_dropped", topic=topic, count=len(ids) - new)
 
     # -- bookkeeping ----------------------------------------------------------------------
+    def _vacuum_if_due(self) -> None:
+        """After a large drain, VACUUM the outbox on a connection of its own, so reads stop
+        stepping over the dead index entries now rather than at autovacuum's next visit."""
+        after = self.settings.vacuum_after
+        if not after or self._relayed_since_vacuum < after:
+            return
+        if self._vacuum is not None and not self._vacuum.done():
+            return
+        self._relayed_since_vacuum = 0
+        self._vacuum = asyncio.create_task(self._run_vacuum(), name="outbox-vacuum")
+
+    async def _run_vacuum(self) -> None:
+        started = time.perf_counter()
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+            async with conn:
+                await conn.execute("VACUUM bridge.outbox")
+        except psycopg.Error as exc:
+            # not the table's owner, or the database went away: autovacuum still runs
+            log.warning("outbox.vacuum_failed", error=str(exc).strip())
+            return
+        log.info("outbox.vacuumed", seconds=round(time.perf_counter() - started, 3))
+
     async def _stats_if_due(self, outbox: Outbox) -> None:
         now = time.monotonic()
         if now < self._next_stats:

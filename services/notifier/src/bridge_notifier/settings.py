@@ -40,6 +40,11 @@ class Settings(BridgeSettings):
         le=256 * 1024 * 1024,
         validation_alias="BRIDGE_NOTIFIER_MAX_PUBLISH_BYTES",
     )
+    #: VACUUM the outbox after relaying this many rows, once caught up (0: leave it to
+    #: autovacuum); a drained backlog leaves dead index entries every read must step over
+    vacuum_after: int = Field(
+        default=50_000, ge=0, le=100_000_000, validation_alias="BRIDGE_NOTIFIER_VACUUM_AFTER"
+    )
     #: approximate bound of each topic's Redis Stream (entries)
     stream_maxlen: int = Field(
         default=DEFAULT_STREAM_MAXLEN, ge=1, validation_alias="BRIDGE_STREAM_MAXLEN"
