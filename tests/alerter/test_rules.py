@@ -200,3 +200,25 @@ def test_shipped_rule_files_are_valid() -> None:
     assert {r.name for r in example.rules} >= {"audit_error_rate_high", "service_down"}
     assert not example.warnings
     assert load_rules(root / "deploy" / "alerts.yaml", env={}).rules
+
+
+def test_hostile_files_are_refused_with_bounded_output(tmp_path: Path) -> None:
+    assert problems("rules: " + "[" * 5000 + "]" * 5000 + "\n") == [
+        (1, ": invalid YAML: nested too deeply")
+    ]
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"rules: []\n" + b"# padding\n" * 120_000)
+    with pytest.raises(RulesError, match="larger than 1024 KiB"):
+        load_rules(big)
+    many = tmp_path / "many.yaml"
+    many.write_text("rules:\n" + "  - name: r\n    metric: audit.events_5m\n" * 5000)
+    with pytest.raises(RulesError) as info:
+        load_rules(many)
+    assert len(info.value.problems) > 20_000  # all found ...
+    lines = info.value.lines()
+    assert len(lines) == 101 and lines[-1].endswith("more errors")  # ... a readable report
+    assert len(info.value.one_line()) < 2000
+    not_utf8 = tmp_path / "latin1.yaml"
+    not_utf8.write_bytes(b"rules:\n  - name: \xff\xfe\n")
+    with pytest.raises(RulesError, match="not UTF-8"):
+        load_rules(not_utf8)

@@ -34,15 +34,22 @@ class RulesError(AlerterError):
         self.problems = sorted(problems, key=lambda p: p.line)
         super().__init__(self.one_line())
 
-    def lines(self) -> list[str]:
-        return [p.format(self.filename) for p in self.problems]
+    def lines(self, limit: int = 100) -> list[str]:
+        """One line per problem, at most `limit` (then how many more there are)."""
+        out = [p.format(self.filename) for p in self.problems[:limit]]
+        if len(self.problems) > limit:
+            out.append(f"{self.filename}: ... and {len(self.problems) - limit} more errors")
+        return out
 
-    def one_line(self) -> str:
+    def one_line(self, limit: int = 10) -> str:
         n = len(self.problems)
-        return f"{n} error{'s' if n != 1 else ''} in {self.filename}: " + "; ".join(
+        text = f"{n} error{'s' if n != 1 else ''} in {self.filename}: " + "; ".join(
             f"line {p.line}:{' ' + p.path + ':' if p.path else ''} {p.message}"
-            for p in self.problems
+            for p in self.problems[:limit]
         )
+        if n > limit:
+            text += f"; ... and {n - limit} more"
+        return text
 
 
 class DeliveryError(AlerterError):

@@ -40,6 +40,8 @@ OPS: dict[str, Callable[[float, float], bool]] = {
 SEVERITIES = ("debug", "info", "warning", "error", "critical")
 NO_DATA = ("keep", "ok", "alerting")
 DEFAULT_REPEAT_INTERVAL = 4 * 3600.0
+#: a rules file larger than this is refused unread (bounded work on hostile input)
+MAX_FILE_BYTES = 1024 * 1024
 
 #: metrics the metrics API publishes; others only draw a warning (new metrics may appear)
 KNOWN_METRICS = frozenset(
@@ -133,9 +135,17 @@ def load_rules(path: str | Path, env: Mapping[str, str] | None = None) -> RuleSe
     """Read and validate a rules file; raises :class:`RulesError` listing every problem."""
     filename = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
         raise RulesError(filename, [RuleProblem(0, "", f"cannot read: {exc}")]) from None
+    if len(data) > MAX_FILE_BYTES:
+        message = f"larger than {MAX_FILE_BYTES // 1024} KiB; a rules file is small"
+        raise RulesError(filename, [RuleProblem(0, "", message)])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RulesError(filename, [RuleProblem(0, "", f"not UTF-8 text: {exc}")]) from None
     return parse_rules(text, filename, env=env)
 
 
@@ -152,6 +162,10 @@ def parse_rules(
         raise RulesError(filename, [RuleProblem(line, "", f"invalid YAML: {reason}")]) from None
     except yaml.YAMLError as exc:
         raise RulesError(filename, [RuleProblem(0, "", f"invalid YAML: {exc}")]) from None
+    except RecursionError:
+        raise RulesError(
+            filename, [RuleProblem(1, "", "invalid YAML: nested too deeply")]
+        ) from None
     checker = _Checker(filename, os.environ if env is None else env)
     ruleset = checker.check(root)
     if checker.problems:
