@@ -46,7 +46,8 @@ async def test_ws_resume_across_gateway_restart(spawn, gw_env, inject, how) -> N
             close_codes.append(closed.rcvd.code if closed.rcvd else None)
             if not restarted:
                 proc.stop()  # reaps the process (killed or exiting) and closes its log
-                proc.start()
+                proc.start(wait_ready=False)
+                proc.wait_ready(60)
                 restarted = True
             ws = await connect(proc, tok=tok)
             replies = await subscribe(ws, "things", since=received[-1])
@@ -101,7 +102,8 @@ async def test_sse_resume_with_last_event_id_across_crash(spawn, gw_env, inject)
                                 proc.kill()
                                 proc.stop()
                                 crashed = True
-                                proc.start()
+                                proc.start(wait_ready=False)
+                                proc.wait_ready(60)
                             if len(received) == TOTAL:
                                 break
             except (httpx.RemoteProtocolError, httpx.ReadError):
