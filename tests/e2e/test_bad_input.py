@@ -562,3 +562,42 @@ async def test_oversized_rows_arrive_whole(
             assert got == {i: n // 2 for i, n in zip(ids, sizes, strict=True)}
     finally:
         next(notifier_iter, None)
+
+
+async def test_gateway_cuts_connections_when_the_token_expires(
+    gateway: str, redis_url: str, namespace: str
+) -> None:
+    """As docs/runbook.md says: a connection lives no longer than its token."""
+    # make `intents` a known topic the way the notifier does (one event through the bus)
+    from bridge_common.channels import Channels
+    from bridge_common.events import event_fragment
+    from bridge_common.redis import EventPublisher, create_redis
+    from bridge_common.settings import BridgeSettings
+
+    bus = create_redis(BridgeSettings(BRIDGE_REDIS_URL=redis_url))
+    try:
+        await EventPublisher(bus, Channels(namespace)).publish(
+            "intents", [(None, event_fragment("insert", "expiry-test", {}, "t"))]
+        )
+    finally:
+        await bus.aclose()
+    token = make_token(["intents"], ttl=2)
+    started = time.monotonic()
+    async with ws_connect(
+        gateway.replace("http://", "ws://") + f"/ws?token={token}", open_timeout=5
+    ) as ws:
+        await ws.send(json.dumps({"type": "subscribe", "topic": "intents"}))
+        with pytest.raises(ConnectionClosed) as exc:
+            while time.monotonic() - started < 15:
+                await asyncio.wait_for(ws.recv(), 15)
+    assert exc.value.rcvd is not None and exc.value.rcvd.code == 1008, exc.value
+    assert "expired" in exc.value.rcvd.reason
+    assert time.monotonic() - started < 10
+    async with httpx.AsyncClient(timeout=15) as http:
+        token = make_token(["intents"], ttl=2)
+        started = time.monotonic()
+        async with http.stream("GET", f"{gateway}/events/intents", params={"token": token}) as r:
+            assert r.status_code == 200
+            async for _ in r.aiter_lines():
+                pass  # heartbeats at most; the stream must end by itself
+        assert time.monotonic() - started < 10
