@@ -176,7 +176,11 @@ async def test_nothing_lost_when_each_part_crashes(tmp_path: Path) -> None:
 async def test_nothing_lost_on_redis_cluster_primary_crash(
     tmp_path: Path, local_cluster: LocalRedisCluster, migrated_dsn: str
 ) -> None:
-    """The 3-primary cluster: the primary(s) holding `{intents}` and `{audit_logs}` crash."""
+    """The 3-primary cluster: the primary(s) holding `{intents}` and `{audit_logs}` crash.
+
+    While a restarted primary rejoins, the cluster answers `CLUSTERDOWN` for a moment;
+    redis-py raises that as `ClusterDownError`, a `ResponseError` (not a
+    `ConnectionError`), and every service must treat it as the transient outage it is."""
     ns = unique_name("e2ec")
     suite = Suite(suite_env(migrated_dsn, ns, cluster_nodes=local_cluster.nodes_env), tmp_path)
     try:
