@@ -308,7 +308,8 @@ async def test_gateway_refuses_hostile_tokens(gateway: str, kind: str) -> None:
         (ws_url, {"Authorization": f"Bearer {token}"}),
     ):
         if kind == "huge":
-            # beyond the server's header limits: any 4xx or a close, but promptly
+            # beyond the server's header limits: any 4xx or a close, but promptly (an
+            # upgrade request that is never answered holds a connection and a client)
             with pytest.raises((InvalidStatus, InvalidMessage, ConnectionClosed)) as exc:
                 async with ws_connect(url, additional_headers=headers, open_timeout=5):
                     pass
