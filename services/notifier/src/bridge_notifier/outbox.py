@@ -35,6 +35,7 @@ class OutboxRow:
 class OutboxStats:
     backlog: int
     lag_seconds: float
+    dead_tuples: int  # as last reported by the statistics system
 
 
 class Outbox:
@@ -94,13 +95,17 @@ class Outbox:
         cur = await self.conn.execute(
             "SELECT (SELECT count(*) FROM bridge.outbox), coalesce(extract(epoch FROM "
             "clock_timestamp() - (SELECT created_at FROM bridge.outbox "
-            "WHERE seq NOT IN (SELECT unnest(%s::bigint[])) ORDER BY seq LIMIT 1)), 0)::float8",
+            "WHERE seq NOT IN (SELECT unnest(%s::bigint[])) ORDER BY seq LIMIT 1)), 0)::float8, "
+            "coalesce((SELECT n_dead_tup FROM pg_stat_user_tables "
+            "WHERE relid = 'bridge.outbox'::regclass), 0)",
             (published,),
         )
         row = await cur.fetchone()
         assert row is not None
         backlog = max(0, int(row[0]) - len(published))
-        return OutboxStats(backlog=backlog, lag_seconds=max(0.0, float(row[1])))
+        return OutboxStats(
+            backlog=backlog, lag_seconds=max(0.0, float(row[1])), dead_tuples=int(row[2])
+        )
 
     async def watched_topics(self) -> list[str]:
         cur = await self.conn.execute("SELECT topic FROM bridge.watched_tables ORDER BY topic")

@@ -41,6 +41,9 @@ APPLICATION_NAME = "bridge-notifier"
 #: a connection that lasted this long (s) was healthy: the next reconnect starts fast
 _HEALTHY_SESSION = 30.0
 
+#: at most one outbox VACUUM this often (s): the statistics lag behind a finished one
+_VACUUM_SPACING = 30.0
+
 #: what a Redis outage looks like from redis-py
 REDIS_DOWN = (RedisError, OSError, TimeoutError)
 
@@ -109,7 +112,8 @@ class Relay:
         self._next_topics = 0.0
         #: seqs of the last published batch: in Redis, pruned by the next fetch
         self._published: list[int] = []
-        self._relayed_since_vacuum = 0
+        self._dead_tuples = 0
+        self._next_vacuum = 0.0
         self._vacuum: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -233,7 +237,6 @@ class Relay:
                 self._published = []  # pruned by the read-ahead
             publish.result()  # RedisUnavailable: this batch stays in the outbox
             self._published.extend(seqs)
-            self._relayed_since_vacuum += len(seqs)
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
             log.debug("outbox.published", count=len(rows), last_seq=rows[-1].seq)
             if ahead is None:
@@ -269,14 +272,19 @@ class Relay:
 
     # -- bookkeeping ----------------------------------------------------------------------
     def _vacuum_if_due(self) -> None:
-        """After a large drain, VACUUM the outbox on a connection of its own, so reads stop
-        stepping over the dead index entries now rather than at autovacuum's next visit."""
+        """With many dead rows in the outbox (a drained backlog), VACUUM it on a connection
+        of its own, so reads stop stepping over the dead index entries now rather than at
+        autovacuum's next visit."""
         after = self.settings.vacuum_after
-        if not after or self._relayed_since_vacuum < after:
+        if not after or self._dead_tuples < after:
             return
         if self._vacuum is not None and not self._vacuum.done():
             return
-        self._relayed_since_vacuum = 0
+        now = time.monotonic()
+        if now < self._next_vacuum:
+            return
+        self._next_vacuum = now + _VACUUM_SPACING
+        self._dead_tuples = 0
         self._vacuum = asyncio.create_task(self._run_vacuum(), name="outbox-vacuum")
 
     async def _run_vacuum(self) -> None:
@@ -298,6 +306,7 @@ class Relay:
         self._next_stats = now + self.settings.stats_interval
         stats = await outbox.stats(self._published)
         self.metrics.set_stats(stats.backlog, stats.lag_seconds)
+        self._dead_tuples = stats.dead_tuples
 
     async def _topics_if_due(self, outbox: Outbox) -> None:
         """Register every watched table's topic in `{ns}:topics` (the gateway's registry)."""

@@ -40,7 +40,7 @@ class Settings(BridgeSettings):
         le=256 * 1024 * 1024,
         validation_alias="BRIDGE_NOTIFIER_MAX_PUBLISH_BYTES",
     )
-    #: VACUUM the outbox after relaying this many rows, once caught up (0: leave it to
+    #: VACUUM the outbox once caught up when it holds this many dead rows (0: leave it to
     #: autovacuum); a drained backlog leaves dead index entries every read must step over
     vacuum_after: int = Field(
         default=50_000, ge=0, le=100_000_000, validation_alias="BRIDGE_NOTIFIER_VACUUM_AFTER"
