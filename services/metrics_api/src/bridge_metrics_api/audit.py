@@ -149,7 +149,7 @@ async def timeline(
     numbers = range(n0, n0 + -(-(q.until - first) // width))
     key = (q.bucket, q.action, tuple(severities) if q.severities else None)
     cacheable = range(0)
-    cached: dict[int, Settled] = {}
+    blocks: dict[int, Settled] = {}
     if cache is not None and cache.enabled:
         horizon = min(q.until, cache.settled_before(now))
         # whole buckets only: from the first that starts at or after `since` to the last
@@ -157,8 +157,25 @@ async def timeline(
         lo = n0 if first >= q.since else n0 + 1
         hi = (horizon - ORIGIN) // width
         cacheable = range(lo, max(lo, hi))
-        cached = cache.lookup(key, cacheable)
-    missing = [n for n in numbers if n not in cached]
+        size = cache.BLOCK
+        blocks = cache.lookup_blocks(
+            key, range(-(-cacheable.start // size), cacheable.stop // size)
+        )
+    # the answer in order: whole cached blocks, and single buckets between them
+    order: list[tuple[bool, int]] = []
+    n = numbers.start
+    while n < numbers.stop:
+        if blocks and n % SettledBuckets.BLOCK == 0 and n // SettledBuckets.BLOCK in blocks:
+            order.append((True, n // SettledBuckets.BLOCK))
+            n += SettledBuckets.BLOCK
+        else:
+            order.append((False, n))
+            n += 1
+    singles = [x for is_block, x in order if not is_block]
+    cached: dict[int, Settled] = {}
+    if cache is not None and cache.enabled:
+        cached = cache.lookup(key, [x for x in singles if x in cacheable])
+    missing = [x for x in singles if x not in cached]
     fresh: dict[int, dict[str, int]] = {n: dict.fromkeys(severities, 0) for n in missing}
     if missing:
         sql = _TIMELINE_SQL[(q.action is not None, q.severities is not None)]
@@ -181,8 +198,8 @@ async def timeline(
     counts: list[tuple[int, ...]] = []
     frags: list[bytes] = []
     new: dict[int, Settled] = {}
-    for n in numbers:
-        hit = cached.get(n)
+    for is_block, n in order:
+        hit = blocks[n] if is_block else cached.get(n)
         if hit is None:
             point = fresh[n]
             # UTC datetimes: msgspec writes them as ISO 8601 with "Z"

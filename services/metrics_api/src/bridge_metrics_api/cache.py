@@ -78,8 +78,22 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 Settled = tuple[tuple[int, ...], bytes]
 
 
+class _KeyEntries:
+    """One key's buckets and whole blocks (their buckets' points joined, counts summed)."""
+
+    __slots__ = ("blocks", "buckets")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, tuple[float, Settled]] = {}
+        self.blocks: dict[int, tuple[float, Settled]] = {}
+
+
 class SettledBuckets:
-    """Settled buckets per key, addressed by bucket number (buckets since the UTC origin)."""
+    """Settled buckets per key, addressed by bucket number (buckets since the UTC origin).
+
+    Buckets are kept in blocks of `BLOCK` that expire together; a block stored whole is
+    also kept pre-joined, so a day of minutes is 24 lookups rather than 1 440.
+    """
 
     #: buckets that expire together
     BLOCK = 60
@@ -95,7 +109,7 @@ class SettledBuckets:
         self.settle = settle
         self.max_keys = max_keys
         self.max_buckets = max_buckets
-        self._store: OrderedDict[Hashable, dict[int, tuple[float, Settled]]] = OrderedDict()
+        self._store: OrderedDict[Hashable, _KeyEntries] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
@@ -105,15 +119,33 @@ class SettledBuckets:
         """Buckets ending at or before this instant may be cached."""
         return now - self.settle
 
-    def lookup(self, key: Hashable, numbers: range) -> dict[int, Settled]:
-        """The cached buckets among `numbers` that are younger than the TTL."""
-        entries = self._store.get(key)
-        if not entries or not self.enabled:
+    def _entries(self, key: Hashable) -> _KeyEntries | None:
+        found = self._store.get(key)
+        if found is not None:
+            self._store.move_to_end(key)
+        return found
+
+    def lookup_blocks(self, key: Hashable, blocks: range) -> dict[int, Settled]:
+        """Whole cached blocks among `blocks` (block b = buckets b·BLOCK … b·BLOCK+BLOCK−1)."""
+        found = self._entries(key) if self.enabled else None
+        if found is None or not found.blocks:
             return {}
-        self._store.move_to_end(key)
         fresh_after = time.monotonic() - self.ttl
         out = {}
-        get = entries.get
+        for b in blocks:
+            hit = found.blocks.get(b)
+            if hit is not None and hit[0] >= fresh_after:
+                out[b] = hit[1]
+        return out
+
+    def lookup(self, key: Hashable, numbers: list[int]) -> dict[int, Settled]:
+        """The cached buckets among `numbers` that are younger than the TTL."""
+        found = self._entries(key) if self.enabled else None
+        if found is None:
+            return {}
+        fresh_after = time.monotonic() - self.ttl
+        out = {}
+        get = found.buckets.get
         for n in numbers:
             hit = get(n)
             if hit is not None and hit[0] >= fresh_after:
@@ -124,7 +156,9 @@ class SettledBuckets:
         if not self.enabled or not buckets:
             return
         now = time.monotonic()
-        entries = self._store.setdefault(key, {})
+        found = self._store.get(key)
+        if found is None:
+            found = self._store[key] = _KeyEntries()
         self._store.move_to_end(key)
         # each block of buckets is aged by a random part of the TTL, so a day of buckets
         # fetched at once expires block by block — many small refetches, not one big one
@@ -134,12 +168,22 @@ class SettledBuckets:
             age = ages.get(block)
             if age is None:
                 age = ages[block] = random.uniform(0, self.ttl / 2)  # noqa: S311 - jitter
-            entries[n] = (now - age, settled)
-        if len(entries) > self.max_buckets:
+            found.buckets[n] = (now - age, settled)
+        for block, age in ages.items():
+            members = [buckets.get(n) for n in range(block * self.BLOCK, (block + 1) * self.BLOCK)]
+            if all(m is not None for m in members):
+                whole = [m for m in members if m is not None]
+                sums = tuple(sum(col) for col in zip(*(m[0] for m in whole), strict=True))
+                found.blocks[block] = (now - age, (sums, b",".join(m[1] for m in whole)))
+        if len(found.buckets) > self.max_buckets:
             expired_before = now - self.ttl
-            for n in [n for n, (at, _) in entries.items() if at < expired_before]:
-                del entries[n]
-            while len(entries) > self.max_buckets:
-                del entries[min(entries)]
+            for n in [n for n, (at, _) in found.buckets.items() if at < expired_before]:
+                del found.buckets[n]
+            for b in [b for b, (at, _) in found.blocks.items() if at < expired_before]:
+                del found.blocks[b]
+            while len(found.buckets) > self.max_buckets:
+                del found.buckets[min(found.buckets)]
+            while len(found.blocks) > self.max_buckets // self.BLOCK:
+                del found.blocks[min(found.blocks)]
         while len(self._store) > self.max_keys:
             self._store.popitem(last=False)
