@@ -145,3 +145,38 @@ def inject_sync(redis_url, namespace) -> None:
     client = redis_sync.Redis.from_url(redis_url)
     client.sadd(Channels(namespace).topics, "intents", "things")
     client.close()
+
+
+async def test_slow_sse_reader_is_cut(tight_gateway, inject) -> None:
+    """An SSE client that stops reading loses its stream; the gateway keeps going."""
+    proc = tight_gateway
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", proc.port))
+    sock.sendall(
+        f"GET /events/things?token={token(['things'])} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode()
+    )
+    head = sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 200")
+    dropped = metric(proc, "bridge_gateway_slow_clients_dropped_total")
+    blob = "y" * 16000
+    # more than the kernel's socket buffers hold (up to a few MiB on loopback)
+    for start in range(0, 1000, 20):
+        await inject.rows("things", [{"id": start + i, "blob": blob} for i in range(20)])
+        if metric(proc, "bridge_gateway_slow_clients_dropped_total") > dropped:
+            break
+    deadline = asyncio.get_running_loop().time() + 20
+    while metric(proc, "bridge_gateway_slow_clients_dropped_total") <= dropped:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.1)
+    # the stream was ended: reading drains what was in flight, then EOF
+    sock.settimeout(10)
+    total = 0
+    while chunk := sock.recv(1 << 16):
+        total += len(chunk)
+    assert total < 1000 * 16000
+    sock.close()
+    async with await connect(proc, tok=token(["*"])) as ws:
+        await ws.send('{"type":"ping"}')
+        assert await recv_json(ws) == {"type": "pong"}

@@ -198,3 +198,20 @@ async def test_disconnects_release_connections_and_subscriptions(gateway, inject
         await ws.close()
         await settle(base)
     assert live.is_set()
+
+
+async def test_sse_stream_ends_on_graceful_shutdown(spawn, gw_env, inject) -> None:
+    import signal
+
+    proc = spawn("gateway", gw_env)
+    frames: list[str] = []
+    async with httpx.AsyncClient(timeout=15) as http:
+        url = proc.url + "/events/intents"
+        async with aconnect_sse(http, "GET", url, params={"token": token(["*"])}) as es:
+            async for sse in es.aiter_sse():
+                frames.append(sse.event)
+                if sse.event == "subscribed":
+                    proc.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            # the loop ends because the server ended the stream (going away)
+    assert frames == ["subscribed"]
+    assert proc.stop() == 0
