@@ -135,3 +135,21 @@ async def test_connection_ends_when_its_token_expires(gateway, inject) -> None:
             await recv_json(ws, 10)
         assert info.value.rcvd is not None
         assert (info.value.rcvd.code, info.value.rcvd.reason) == (1008, "token expired")
+
+
+async def test_huge_token_is_refused_promptly(gateway) -> None:
+    """Beyond the header limits the upgrade is answered with a 4xx at once, never left hanging."""
+    huge = "a" * 20_000
+    for path, headers in (
+        (f"/ws?token={huge}", None),
+        ("/ws", {"Authorization": f"Bearer {huge}"}),
+    ):
+        with pytest.raises(websockets.InvalidStatus) as info:
+            await websockets.connect(
+                gateway.url.replace("http://", "ws://") + path,
+                additional_headers=headers,
+                open_timeout=5,
+            )
+        assert info.value.response.status_code in (414, 431)
+    async with httpx.AsyncClient(timeout=5) as http:
+        assert (await http.get(gateway.url + "/healthz")).status_code == 200

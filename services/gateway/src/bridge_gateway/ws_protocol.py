@@ -62,6 +62,19 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
                 "detach": self.detach,
             }
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if (
+            not self.handshake_initiated
+            and self.conn.handshake_exc is not None
+            and not self.transport.is_closing()
+        ):
+            # websockets refused the upgrade request itself (request line or headers too
+            # long, malformed) and queued its 414/431/400 answer, which uvicorn never
+            # sends: send it and close, rather than leave the client waiting
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
+
     # -- detached mode --------------------------------------------------------------------
     def detach(self, on_frame: OnFrame, on_gone: OnGone) -> None:
         """Deliver messages to `on_frame` and the end of the connection to `on_gone`."""
