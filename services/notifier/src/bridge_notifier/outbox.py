@@ -45,7 +45,6 @@ class Outbox:
         self.conn = conn
         self.commit_ts = False
         self._select: sql.Composed | None = None
-        self._select_excluding: sql.Composed | None = None
 
     async def setup(self) -> None:
         """Learn whether commit timestamps are tracked (`ts` = commit time then)."""
@@ -53,34 +52,27 @@ class Outbox:
         row = await cur.fetchone()
         self.commit_ts = bool(row and row[0])
         ts = _TS_COMMIT if self.commit_ts else _TS_INSERT
-        columns = sql.SQL(
-            "seq, topic, op, key, payload::text, to_char(({ts}) AT TIME ZONE 'UTC', {iso})"
+        # One statement prunes the rows Redis already holds and reads the next batch. Its
+        # SELECT sees the snapshot from before the DELETE, hence the NOT IN — a hashed
+        # anti-join, O(1) per row — which also leaves out the batch being published.
+        self._select = sql.SQL(
+            "WITH pruned AS (DELETE FROM bridge.outbox WHERE seq = ANY(%(prune)s::bigint[])) "
+            "SELECT seq, topic, op, key, payload::text, "
+            "to_char(({ts}) AT TIME ZONE 'UTC', {iso}) FROM bridge.outbox "
+            "WHERE seq NOT IN (SELECT unnest(%(skip)s::bigint[])) "
+            "ORDER BY seq LIMIT %(limit)s"
         ).format(ts=sql.SQL(ts), iso=sql.SQL(_ISO))
-        self._select = sql.SQL("SELECT {columns} FROM bridge.outbox ORDER BY seq LIMIT %s").format(
-            columns=columns
-        )
-        # NOT IN a subquery is a hashed anti-join: O(1) per row, unlike `<> ALL(array)`
-        self._select_excluding = sql.SQL(
-            "SELECT {columns} FROM bridge.outbox "
-            "WHERE seq NOT IN (SELECT unnest(%s::bigint[])) ORDER BY seq LIMIT %s"
-        ).format(columns=columns)
 
     async def fetch(
         self, limit: int, prune: list[int], exclude: list[int] | None = None
     ) -> list[OutboxRow]:
         """Delete the `prune` rows (Redis holds them), then return the `limit` lowest-seq
         committed rows, in seq order, leaving out `exclude` (the batch being published
-        meanwhile) — pipelined, so one round trip for both."""
-        assert self._select is not None and self._select_excluding is not None, "setup() first"
-        async with self.conn.pipeline():
-            if prune:
-                await self.conn.execute(_DELETE, (prune,))
-            if exclude:
-                cur = await self.conn.execute(self._select_excluding, (exclude, limit))
-            else:
-                cur = await self.conn.execute(self._select, (limit,))
-            rows = await cur.fetchall()
-        return [OutboxRow(*r) for r in rows]
+        meanwhile) — one statement, so one round trip and atomic."""
+        assert self._select is not None, "setup() first"
+        skip = prune + exclude if exclude else prune
+        cur = await self.conn.execute(self._select, {"prune": prune, "skip": skip, "limit": limit})
+        return [OutboxRow(*r) for r in await cur.fetchall()]
 
     async def delete(self, seqs: list[int]) -> int:
         """Prune rows Redis already holds."""
