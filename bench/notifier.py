@@ -168,8 +168,8 @@ async def _paced(rate: float, seconds: float, fn) -> None:  # noqa: ANN001
 
 async def _latency(
     ch: Channels, dsn: str, rate: float, seconds: float, notifier: Notifier
-) -> tuple[list[float], list[float]]:
-    """(notifier latencies, floor latencies) in ms."""
+) -> tuple[list[float], list[float], list[float]]:
+    """(through the notifier, Redis hop alone, PostgreSQL NOTIFY alone) latencies in ms."""
     arrived: dict[str, float] = {}
     committed: dict[str, float] = {}
     # The subscriber runs in its own thread with its own connection, so the writer's event
@@ -193,6 +193,17 @@ async def _latency(
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
+    # PostgreSQL alone: commit → a plain LISTEN connection, the floor under the relay
+    pg_listener = psycopg.connect(dsn, autocommit=True)
+    pg_listener.execute("LISTEN bench_pgfloor")
+
+    def listen_pg() -> None:
+        while not done.is_set():
+            for n in pg_listener.notifies(timeout=0.2):
+                arrived[n.payload] = time.perf_counter()
+
+    pg_thread = threading.Thread(target=listen_pg, daemon=True)
+    pg_thread.start()
     pub = aredis.Redis.from_url(REDIS_URL)
     try:
         await asyncio.to_thread(notifier.wait_ready)
@@ -216,6 +227,12 @@ async def _latency(
                 await pub.publish(ch.live("bench_floor"), k)
 
             await _paced(rate, min(seconds, 5.0), floor)
+
+            async def pg_floor(i: int) -> None:
+                await conn.execute("SELECT pg_notify('bench_pgfloor', %s)", (f"pg:{i}",))
+                committed[f"pg:{i}"] = time.perf_counter()
+
+            await _paced(rate, min(seconds, 5.0), pg_floor)
         deadline = time.monotonic() + 10
         while len(arrived) < len(committed) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -223,14 +240,18 @@ async def _latency(
         await pub.aclose()
         done.set()
         listener.join(5)
+        pg_thread.join(5)
+        pg_listener.close()
         pubsub.close()
         sub.close()
     lost = [k for k in committed if k not in arrived]
     if lost:
         raise RuntimeError(f"{len(lost)} rows never arrived")
-    notif = [(arrived[k] - t) * 1000 for k, t in committed.items() if not k.startswith("floor:")]
-    flo = [(arrived[k] - t) * 1000 for k, t in committed.items() if k.startswith("floor:")]
-    return notif, flo
+
+    def ms(prefix: str) -> list[float]:
+        return [(arrived[k] - t) * 1000 for k, t in committed.items() if k.startswith(prefix)]
+
+    return ms("1"), ms("floor:"), ms("pg:")
 
 
 async def run(args: argparse.Namespace) -> str:
@@ -259,7 +280,7 @@ async def run(args: argparse.Namespace) -> str:
             try:
                 relay = await _relay_rate(r, ch, args.rows, notifier)
                 print(f"latency at {args.rate:g} rows/s for {args.seconds:g}s ...", flush=True)
-                lat, floor = await _latency(ch, dsn, args.rate, args.seconds, notifier)
+                lat, floor, pg = await _latency(ch, dsn, args.rate, args.seconds, notifier)
             finally:
                 notifier.stop()
     finally:
@@ -272,6 +293,7 @@ async def run(args: argparse.Namespace) -> str:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     p50, p99 = statistics.median(lat), _pct(lat, 0.99)
     f50, f99 = statistics.median(floor), _pct(floor, 0.99)
+    g50, g99 = statistics.median(pg), _pct(pg, 0.99)
     rows = [
         ("what", "result", "target"),
         ("---", "---", "---"),
@@ -295,7 +317,16 @@ async def run(args: argparse.Namespace) -> str:
             f"**{p50:.2f} / {p99:.2f} ms**",
             "≤ 5 ms p99 added",
         ),
-        ("floor: Redis PUBLISH → same subscriber, p50 / p99", f"{f50:.2f} / {f99:.2f} ms", "—"),
+        (
+            "floor: PostgreSQL alone, commit → a plain LISTEN connection, p50 / p99",
+            f"{g50:.2f} / {g99:.2f} ms",
+            "—",
+        ),
+        (
+            "floor: Redis alone, PUBLISH → the same subscriber, p50 / p99",
+            f"{f50:.2f} / {f99:.2f} ms",
+            "—",
+        ),
     ]
     table = "\n".join("| " + " | ".join(r) + " |" for r in rows)
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -313,8 +344,9 @@ The same notifier process relays the backlog and then serves the latency run (so
 latency includes the aftermath of a drained backlog). Latency is measured from the
 writer's commit acknowledgement to the subscriber receiving the event (both in the
 benchmark process, one clock), so it includes NOTIFY delivery, the outbox read, the
-publish script and pub/sub delivery. The floor row is the same subscriber receiving a
-plain PUBLISH from the writer: what any hop through Redis costs on this machine. The
+publish script and pub/sub delivery. The floor rows are what the two hops cost on this
+machine without the notifier: a `pg_notify` committed by the writer arriving at a plain
+LISTEN connection, and a plain PUBLISH arriving at the same subscriber. The
 relay rate is the span between the first and the last stream entry as stamped by Redis.
 """
 
