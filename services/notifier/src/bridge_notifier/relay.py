@@ -3,7 +3,8 @@
 Delivery guarantee: at-least-once into Redis, made idempotent by the publish script's
 dedupe on the outbox sequence — so every committed change becomes exactly one event in its
 topic stream. A row is deleted from the outbox only after the script has appended it;
-a crash between the two re-publishes at most one batch, which the dedupe set drops.
+a crash between the two re-publishes at most two batches (the one awaiting its prune and
+the one in flight), which the dedupe set drops.
 
 One connection per instance holds the leader lock, LISTENs for the wake-up NOTIFY and runs
 the outbox queries; a standby keeps retrying the lock on its own connection. NOTIFY only
@@ -232,7 +233,14 @@ class Relay:
                 )
             # wait for both, never cancel one midway: a cancelled query or script call
             # would leave its connection in an unknown state
-            await asyncio.wait([t for t in (publish, ahead) if t is not None])
+            pending = [t for t in (publish, ahead) if t is not None]
+            try:
+                await asyncio.wait(pending)
+            except asyncio.CancelledError:
+                for t in pending:
+                    t.cancel("relay cancelled")
+                await asyncio.wait(pending)
+                raise
             if ahead is not None and not ahead.exception():
                 self._published = []  # pruned by the read-ahead
             publish.result()  # RedisUnavailable: this batch stays in the outbox
