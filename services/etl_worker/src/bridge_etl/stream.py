@@ -22,9 +22,7 @@ from bridge_common.db import Backoff
 from bridge_common.events import assemble_event, decode_event
 from bridge_common.logging import get_logger
 from bridge_common.redis import AnyRedis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError, ResponseError
 
 from .deadletter import Reject
 from .errors import BadRow
@@ -236,8 +234,12 @@ class StreamConsumer:
                     log.warning("stream.group_missing", stream=self.stream)
                     group_ready = False
                     continue
-                raise
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                # CLUSTERDOWN, TRYAGAIN, LOADING, MASTERDOWN …: Redis is changing under us
+                delay = backoff.next_delay()
+                log.warning("stream.redis_refused", error=str(exc), retry_in=round(delay, 2))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+            except (RedisError, OSError) as exc:
                 delay = backoff.next_delay()
                 log.warning("stream.redis_failed", error=str(exc), retry_in=round(delay, 2))
                 with contextlib.suppress(TimeoutError):
