@@ -22,6 +22,7 @@ from bridge_common.redis import AnyRedis
 from . import metrics
 from .auth import Authenticator, Principal
 from .clients import GOING_AWAY, POLICY_VIOLATION, Client, Limits, Transport
+from .cors import cors_headers
 from .history import REDIS_CONCURRENCY, History
 from .hub import Hub
 from .settings import Settings
@@ -99,6 +100,10 @@ class Gateway:
         if not self.origins or origin is None:
             return True
         return origin.rstrip("/") in self.origins
+
+    def cors_headers(self, origin: str | None) -> dict[str, str]:
+        """CORS headers for an answer (success or refusal) to a request from `origin`."""
+        return cors_headers(self.origins, origin)
 
     def at_capacity(self) -> bool:
         return len(self.clients) >= self.settings.max_connections

@@ -41,13 +41,16 @@ _STATUS = {
 }
 
 
-def _error(code: str, message: str, topic: str | None = None) -> JSONResponse:
+def _error(
+    code: str, message: str, topic: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """A refusal; `headers` carries the CORS headers so a browser page can read it."""
     status = _STATUS.get(code, 400)
     metrics.REJECTED.labels(str(status)).inc()
     body: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if topic is not None:
         body["topic"] = topic
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def events_topic(request: Request) -> Response:
@@ -65,17 +68,18 @@ async def events_audit_logs(request: Request) -> Response:
 
 async def _open(request: Request, topic: str, fixed: dict[str, Any]) -> Response:
     gw: Gateway = request.app.state.gateway
-    if gw.stopping:
-        return _error("unavailable", "gateway is shutting down")
     origin = request.headers.get("origin")
+    cors = gw.cors_headers(origin)
+    if gw.stopping:
+        return _error("unavailable", "gateway is shutting down", headers=cors)
     if not gw.origin_allowed(origin):
-        return _error("forbidden", "origin not allowed")
+        return _error("forbidden", "origin not allowed", headers=cors)
     try:
         principal = gw.auth.authenticate(token_from(request.headers, request.query_params))
     except Unauthorized as exc:
-        return _error("unauthorized", exc.message)
+        return _error("unauthorized", exc.message, headers=cors)
     if gw.at_capacity():
-        return _error("unavailable", "too many connections")
+        return _error("unavailable", "too many connections", headers=cors)
     params = request.query_params
     spec: dict[str, Any] = {}
     for key in params:
@@ -95,18 +99,10 @@ async def _open(request: Request, topic: str, fixed: dict[str, Any]) -> Response
         if topic != ALERTS_TOPIC and not await gw.topics.exists(topic):
             raise UnknownTopic(f"no such topic {topic!r}", topic=topic)
     except InvalidTopic as exc:
-        return _error("bad_request", str(exc))
+        return _error("bad_request", str(exc), headers=cors)
     except GatewayError as err:
-        return _error(err.code, err.message, err.topic)
-    headers = {
-        "cache-control": "no-cache",
-        "x-accel-buffering": "no",
-    }
-    if origin is not None and gw.origins:
-        headers["access-control-allow-origin"] = origin
-        headers["vary"] = "Origin"
-    elif origin is not None:
-        headers["access-control-allow-origin"] = "*"
+        return _error(err.code, err.message, err.topic, headers=cors)
+    headers = {"cache-control": "no-cache", "x-accel-buffering": "no", **cors}
     return EventStream(gw, principal, topic, spec or None, since, close_after, headers)
 
 

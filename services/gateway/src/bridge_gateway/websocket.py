@@ -27,10 +27,19 @@ WS_RESERVED = frozenset({"token", "since", "last_event_id"})
 
 
 async def _deny(ws: WebSocket, status: int, code: str, message: str) -> None:
-    """Answer the upgrade request with a plain HTTP error (no WebSocket is opened)."""
+    """Answer the upgrade request with a plain HTTP error (no WebSocket is opened).
+
+    It carries the CORS headers of an SSE refusal; browsers do not expose an upgrade's
+    status to pages anyway (client.js asks the SSE endpoint), other clients read it.
+    """
     metrics.REJECTED.labels(str(status)).inc()
+    gw: Gateway = ws.app.state.gateway
     await ws.send_denial_response(
-        JSONResponse({"type": "error", "code": code, "message": message}, status_code=status)
+        JSONResponse(
+            {"type": "error", "code": code, "message": message},
+            status_code=status,
+            headers=gw.cors_headers(ws.headers.get("origin")),
+        )
     )
 
 
