@@ -186,3 +186,27 @@ async def test_browser_asks_the_token_provider_again_after_a_refused_token(
         finally:
             await page.close()
             await server.__aexit__(None, None, None)
+
+
+async def test_browser_reads_a_cross_origin_401_and_stops(
+    browser: Browser, module_jwt_gateway: ServiceProcess
+) -> None:
+    """The page is on another origin: only because the gateway's 401 carries CORS headers
+    can client.js read it, report `unauthorized` and stop instead of retrying forever."""
+    claims = {"sub": "page", "exp": int(time.time()) + 300, "topics": ["secured"]}
+    stale = jwt.encode(claims, "an-old-secret-that-was-rotated-away-0123456789", algorithm="HS256")
+    options = {**FAST, "token": stale}
+    page, server = await open_page(
+        browser, page_html(module_jwt_gateway.url, "secured", options, None)
+    )
+    try:
+        await wait_for(page, "window.errors.length >= 1")
+        assert await page.evaluate("window.errors") == ["unauthorized"]
+        assert await page.evaluate("window.client.fatal && window.client.fatal.code") == (
+            "unauthorized"
+        )
+        assert await page.evaluate("window.client.subscriptions.length") == 0
+        assert await page.evaluate("window.client.connections") == 0
+    finally:
+        await page.close()
+        await server.__aexit__(None, None, None)
