@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -202,7 +203,8 @@ def test_dashboard_range_switch_and_api_outage(dashboard, page) -> None:
 def test_dashboard_live_events_over_a_real_gateway(
     spawn, api_env, dashboard, page, redis_url, namespace
 ) -> None:
-    """With BRIDGE_DASHBOARD_GATEWAY_URL the page subscribes over the gateway's /ws."""
+    """With BRIDGE_DASHBOARD_GATEWAY_URL the page imports the gateway's client.js and its
+    BridgeClient subscribes over the gateway's /ws."""
     import asyncio
 
     from bridge_common.channels import Channels
@@ -216,9 +218,19 @@ def test_dashboard_live_events_over_a_real_gateway(
     r.sadd(Channels(namespace).topics, "audit_logs", "alerts")
     r.close()
     p, problems = page
+    requested: list[str] = []
+    sockets: list[str] = []
+    p.on("request", lambda req: requested.append(req.url))
+    p.on("websocket", lambda ws: sockets.append(ws.url))
     p.goto(live_api.url + "/", wait_until="load")
     p.wait_for_selector("body[data-loaded='1']", timeout=15_000)
     wait_until(lambda: "gateway" in text(p, "#conn"))
+    # the page loaded the gateway's browser client, and that client opened the one socket
+    assert gw.url + "/client.js" in requested
+    assert sockets == [gw.url.replace("http://", "ws://") + "/ws"]
+    csp = httpx.get(live_api.url + "/").headers["content-security-policy"]
+    assert f"script-src 'self' {gw.url};" in csp
+    assert f"connect-src 'self' {gw.url} {gw.url.replace('http://', 'ws://')};" in csp
 
     async def publish(n: int) -> None:
         client = create_redis(BridgeSettings(BRIDGE_REDIS_URL=redis_url))
@@ -239,6 +251,46 @@ def test_dashboard_live_events_over_a_real_gateway(
         time.sleep(0.3)
     assert not p.locator("#feed").is_hidden()
     assert "intent.approved" in text(p, "#feed") and "zoe" in text(p, "#feed")
+    # alerts come through the same client and socket
+    feed_before = p.locator("#feed li").count()
+
+    async def publish_alert() -> None:
+        client = create_redis(BridgeSettings(BRIDGE_REDIS_URL=redis_url))
+        pub = EventPublisher(client, Channels(namespace))
+        row = {"rule": "etl_lag_high", "state": "firing", "severity": "warning", "summary": "x"}
+        await pub.publish("alerts", [(None, event_fragment("insert", "a1", row, "t"))])
+        await client.aclose()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, publish_alert()).result(timeout=10)
+    wait_until(lambda: p.locator("#feed li").count() > feed_before)
+    assert "etl_lag_high firing" in text(p, "#feed li:first-child")
+    assert len(sockets) == 1
     if os.environ.get("BRIDGE_DASHBOARD_SCREENSHOT"):
         p.screenshot(path=os.environ["BRIDGE_DASHBOARD_SCREENSHOT"] + ".live.png", full_page=True)
     assert problems == []
+
+
+def test_dashboard_polls_when_the_gateway_client_cannot_be_loaded(
+    spawn, api_env, dashboard, page, db
+) -> None:
+    """A gateway URL whose client.js cannot be imported (nothing listens there): the page
+    says so at info level, keeps polling, and its own code logs no error or warning."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    api = spawn("metrics_api", {**api_env, "BRIDGE_DASHBOARD_GATEWAY_URL": dead})
+    p, problems = page
+    infos: list[str] = []
+    p.on("console", lambda m: infos.append(m.text) if m.type == "info" else None)
+    p.goto(api.url + "/", wait_until="load")
+    p.wait_for_selector("body[data-loaded='1']", timeout=15_000)
+    wait_until(lambda: any("gateway client not loaded" in m for m in infos))
+    before = int(text(p, "#t-events").replace(",", ""))
+    add_audit(db, [AuditRow(datetime.now(UTC)) for _ in range(3)])
+    wait_until(lambda: int(text(p, "#t-events").replace(",", "")) >= before + 3)
+    assert "polling" in text(p, "#conn")
+    assert p.locator("#feed").is_hidden()
+    # the only problems are the browser's own reports of the failed client.js fetch
+    assert problems, "the failed import was not even attempted"
+    assert all("client.js" in m or "ERR_CONNECTION_REFUSED" in m for m in problems), problems

@@ -1,8 +1,10 @@
 """The dashboard page `/`: static HTML, CSS and JavaScript shipped in the package.
 
 No build step and no CDN: the page draws its own SVG chart and polls this API; when
-`BRIDGE_DASHBOARD_GATEWAY_URL` is set it also listens to `audit_logs` and `alerts` events
-on the gateway's WebSocket (`/ws`, the contract's protocol) and refreshes as they arrive.
+`BRIDGE_DASHBOARD_GATEWAY_URL` is set it also imports the gateway's browser client
+(`<gateway>/client.js`, `BridgeClient`) and listens to `audit_logs` and `alerts` events
+through it (WebSocket, EventSource fallback, reconnect and resume), refreshing as they
+arrive. If the client cannot be loaded the page keeps polling and tries again later.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -30,8 +33,16 @@ def _read(name: str) -> bytes:
     return (STATIC / name).read_bytes()
 
 
-def _ws_origin(http_url: str) -> str:
-    return "ws" + http_url.removeprefix("http")
+def gateway_sources(http_url: str) -> tuple[str, str]:
+    """CSP sources of a gateway: (script-src: its origin, connect-src: http and ws origins).
+
+    The page imports `client.js` from the gateway's origin, then talks to it over
+    WebSocket (`ws[s]://`) and, as a fallback, EventSource/fetch (`http[s]://`).
+    """
+    parts = urlsplit(http_url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    ws = ("wss" if parts.scheme == "https" else "ws") + f"://{parts.netloc}"
+    return origin, f"{origin} {ws}"
 
 
 class Dashboard:
@@ -42,11 +53,13 @@ class Dashboard:
             "pollMs": settings.dashboard_poll_ms,
             "namespace": settings.namespace,
         }
-        connect = "'self'"
+        script = connect = "'self'"
         if settings.dashboard_gateway_url:
-            connect += " " + _ws_origin(settings.dashboard_gateway_url)
+            gw_script, gw_connect = gateway_sources(settings.dashboard_gateway_url)
+            script += " " + gw_script
+            connect += " " + gw_connect
         self.csp = (
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            f"default-src 'none'; script-src {script}; style-src 'self'; img-src 'self' data:; "
             f"connect-src {connect}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
         )
 

@@ -1,6 +1,6 @@
 // Bridge Lite dashboard: polls the metrics API every few seconds and, when a gateway URL is
-// configured, also listens to `audit_logs` and `alerts` events over the gateway's WebSocket
-// (the contract's protocol) to refresh as soon as something happens. No dependencies.
+// configured, also imports the gateway's browser client (`<gateway>/client.js`) and listens
+// to `audit_logs` and `alerts` events through it to refresh as soon as something happens.
 "use strict";
 
 (function () {
@@ -21,7 +21,7 @@
     failures: 0,
     inflight: false,
     lastOk: 0,
-    wsOpen: false,
+    live: null, // the BridgeClient, once loaded
     timer: null,
     refreshSoon: null,
   };
@@ -393,54 +393,74 @@
   function setPill() {
     const p = $("conn");
     if (state.failures) { p.className = "pill pill-down"; p.textContent = "API unreachable"; }
-    else if (state.wsOpen) { p.className = "pill pill-live"; p.textContent = "live · gateway"; }
+    else if (liveNow()) { p.className = "pill pill-live"; p.textContent = "live · gateway"; }
     else { p.className = "pill pill-poll"; p.textContent = "live · polling " + (POLL_MS / 1000) + "s"; }
   }
 
   // -- live events over the gateway (optional) -----------------------------------------------------
-  function connectGateway() {
-    if (!config.gatewayUrl || !("WebSocket" in window)) return;
-    let delay = 1000;
-    const url = config.gatewayUrl.replace(/^http/, "ws") + "/ws" +
-      (config.gatewayToken ? "?token=" + encodeURIComponent(config.gatewayToken) : "");
+  // The gateway's own browser client (`<gateway>/client.js`) does the WebSocket work: one
+  // connection for both topics, EventSource fallback, reconnect with backoff, resume from
+  // the last id. Polling carries on regardless; live events only make it refresh sooner.
+  const LIVE_TOPICS = ["audit_logs", "alerts"];
+  const IMPORT_RETRY_MS = [5000, 15000, 60000];
+
+  function showLiveEvent(msg) {
     const feed = $("feed");
-    function open() {
-      let ws;
-      try { ws = new WebSocket(url); } catch (e) { return retry(); }
-      ws.onopen = () => {
-        delay = 1000;
-        state.wsOpen = true;
-        setPill();
-        $("feed-head").hidden = false;
-        feed.hidden = false;
-        for (const topic of ["audit_logs", "alerts"]) ws.send(JSON.stringify({ type: "subscribe", topic: topic }));
-      };
-      ws.onmessage = (m) => {
-        let msg;
-        try { msg = JSON.parse(m.data); } catch (e) { return; }
-        if (msg.type !== "event") return;
-        const d = msg.data || {};
-        const isAlert = msg.topic === "alerts";
-        const sev = isAlert && d.state === "resolved" ? "info" : sevClass(d.severity || "info");
-        const li = el("li");
-        li.append(el("span", "sev sev-bg-" + sev, isAlert ? "alert" : (d.severity || msg.op)));
-        const main = el("div", "main");
-        main.append(el("div", "title", isAlert ? (d.rule || "alert") + " " + (d.state || "") :
-          (d.action || msg.topic + " " + msg.op)));
-        main.append(el("div", "detail", isAlert ? (d.summary || "") : "by " + (d.actor || "?")));
-        li.append(main, el("span", "when", new Date().toLocaleTimeString([], { hour12: false })));
-        feed.prepend(li);
-        while (feed.children.length > 8) feed.lastChild.remove();
-        refreshSoon();
-      };
-      ws.onclose = () => { state.wsOpen = false; setPill(); retry(); };
-      ws.onerror = () => { /* onclose follows and retries */ };
+    const d = msg.data || {};
+    const isAlert = msg.topic === "alerts";
+    const sev = isAlert && d.state === "resolved" ? "info" : sevClass(d.severity || "info");
+    const li = el("li");
+    li.append(el("span", "sev sev-bg-" + sev, isAlert ? "alert" : (d.severity || msg.op)));
+    const main = el("div", "main");
+    main.append(el("div", "title", isAlert ? (d.rule || "alert") + " " + (d.state || "") :
+      (d.action || msg.topic + " " + msg.op)));
+    main.append(el("div", "detail", isAlert ? (d.summary || "") : "by " + (d.actor || "?")));
+    li.append(main, el("span", "when", new Date().toLocaleTimeString([], { hour12: false })));
+    feed.prepend(li);
+    while (feed.children.length > 8) feed.lastChild.remove();
+    refreshSoon();
+  }
+
+  function onLive() {
+    $("feed-head").hidden = false;
+    $("feed").hidden = false;
+    setPill();
+  }
+
+  function onLiveError(topic, err) {
+    // history_lost: the next poll reloads the figures anyway; anything else (unauthorized,
+    // forbidden) ends this topic's live feed and leaves the page polling
+    if (err && err.code === "history_lost") refreshSoon();
+    console.info("dashboard: live " + topic + ": " + (err && err.message ? err.message : err));
+    setPill();
+  }
+
+  async function connectGateway(attempt) {
+    if (!config.gatewayUrl) return;
+    const base = String(config.gatewayUrl).replace(/\/+$/, "");
+    let mod;
+    try {
+      // a failed import is not retried by the browser under the same URL
+      mod = await import(base + "/client.js" + (attempt ? "?attempt=" + attempt : ""));
+    } catch (err) {
+      const delay = IMPORT_RETRY_MS[Math.min(attempt, IMPORT_RETRY_MS.length - 1)];
+      console.info("dashboard: gateway client not loaded (" + (err && err.message) +
+        "); polling only, trying again in " + delay / 1000 + " s");
+      setTimeout(() => connectGateway(attempt + 1), delay);
+      return;
     }
-    function retry() {
-      setTimeout(open, delay);
-      delay = Math.min(30000, delay * 2);
+    const client = new mod.BridgeClient(base, config.gatewayToken ? { token: config.gatewayToken } : {});
+    state.live = client;
+    for (const topic of LIVE_TOPICS) {
+      client.subscribe(topic, {
+        onEvent: showLiveEvent,
+        onLive: onLive,
+        onError: (err) => onLiveError(topic, err),
+      });
     }
-    open();
+  }
+  function liveNow() {
+    return !!state.live && state.live.subscriptions.some((s) => s.live);
   }
 
   // -- wiring ----------------------------------------------------------------------------------------
@@ -458,5 +478,5 @@
   });
   setPill();
   refresh();
-  connectGateway();
+  connectGateway(0);
 })();
