@@ -30,8 +30,9 @@ class Settings(BridgeSettings):
     snapshot_maxlen: int = Field(
         default=8640, ge=10, le=10_000_000, validation_alias="BRIDGE_SNAPSHOT_MAXLEN"
     )
-    #: the gateway's public base URL (http[s]://host:port); the dashboard then also listens
-    #: to live events over its WebSocket. Unset: the dashboard polls this API only.
+    #: the gateway's public base URL (http[s]://host:port, as browsers reach it); the
+    #: dashboard page then imports its `client.js` and listens to live events through it.
+    #: Unset (or client.js not loadable): the dashboard polls this API only.
     dashboard_gateway_url: str | None = Field(
         default=None, validation_alias="BRIDGE_DASHBOARD_GATEWAY_URL"
     )
