@@ -14,7 +14,7 @@ from bridge_common.redis import create_redis
 from bridge_common.settings import BridgeSettings
 from redis.asyncio.cluster import RedisCluster
 
-from tests.notifier.test_relay import metric
+from tests.notifier.probes import metric
 from tests.notifier.workload import (
     assert_exactly_once_in_order,
     create_watched_table,

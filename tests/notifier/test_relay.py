@@ -5,13 +5,10 @@ instances with failover, Redis and PostgreSQL connection loss, large rows, bad r
 from __future__ import annotations
 
 import asyncio
-import re
 import subprocess
 import sys
 import time
-from typing import Any
 
-import httpx
 import orjson
 import psycopg
 import redis.asyncio as aredis
@@ -19,36 +16,13 @@ from bridge_common.channels import Channels
 from bridge_common.events import assemble_event, decode_event, event_fragment_raw
 from bridge_common.redis import EventPublisher
 
+from tests.notifier.probes import metric, wait_until
 from tests.notifier.workload import (
     assert_exactly_once_in_order,
     create_watched_table,
     run_writers,
     wait_stream_len,
 )
-
-
-def metric(proc: Any, name: str) -> float | None:
-    """Sum of a metric's samples on the process's /metrics (None when unreachable)."""
-    try:
-        text = httpx.get(proc.url + "/metrics", timeout=2).text
-    except httpx.HTTPError:
-        return None
-    total = None
-    for line in text.splitlines():
-        m = re.match(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", line)
-        if m:
-            total = (total or 0.0) + float(m.group(2))
-    return total
-
-
-async def wait_until(cond: Any, timeout: float, what: str) -> float:
-    """Poll `cond()` until true; returns the seconds it took."""
-    start = time.monotonic()
-    while True:
-        if await asyncio.to_thread(cond):
-            return time.monotonic() - start
-        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def test_concurrent_writers_exactly_once_in_commit_order(
