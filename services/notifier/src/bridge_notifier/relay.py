@@ -115,6 +115,7 @@ class Relay:
         self._published: list[int] = []
         self._dead_tuples = 0
         self._next_vacuum = 0.0
+        self._registered: list[str] = []
         self._vacuum: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -331,7 +332,9 @@ class Relay:
             self._next_topics = now + 1.0
             return
         self._next_topics = now + self.settings.topics_refresh_interval
-        log.info("topics.registered", topics=valid)
+        if valid != self._registered:
+            log.info("topics.registered", topics=valid)
+            self._registered = valid
 
 
 def _valid_topic(topic: str) -> bool:
