@@ -299,7 +299,8 @@ class Relay:
     async def _run_vacuum(self) -> None:
         started = time.perf_counter()
         try:
-            conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+            conninfo = make_conninfo(self.conninfo, application_name=f"{APPLICATION_NAME}-vacuum")
+            conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
             async with conn:
                 await conn.execute("VACUUM bridge.outbox")
         except psycopg.Error as exc:
