@@ -34,44 +34,24 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 -- Statement-level capture with transition tables: one INSERT … SELECT per statement,
--- so bulk writes cost one outbox statement, not one trigger call per row.
+-- so bulk writes cost one outbox statement, not one trigger call per row. One function
+-- serves the three triggers: inserts and updates expose the new rows as `bridge_new`,
+-- deletes the old rows as `bridge_old` (each branch only runs under its own trigger).
 -- TG_ARGV[0] = topic, TG_ARGV[1..] = key columns.
-CREATE OR REPLACE FUNCTION bridge.capture_insert() RETURNS trigger
+CREATE OR REPLACE FUNCTION bridge.capture() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     keycols text[] := TG_ARGV[1:TG_NARGS - 1];
 BEGIN
-    INSERT INTO bridge.outbox (topic, op, key, payload)
-    SELECT TG_ARGV[0], 'insert', bridge.row_key(r, keycols), r
-    FROM (SELECT to_jsonb(bridge_new.*) AS r FROM bridge_new) s;
-    IF FOUND THEN
-        PERFORM pg_notify('bridge_outbox', '');
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO bridge.outbox (topic, op, key, payload)
+        SELECT TG_ARGV[0], 'delete', bridge.row_key(r, keycols), r
+        FROM (SELECT to_jsonb(bridge_old.*) AS r FROM bridge_old) s;
+    ELSE
+        INSERT INTO bridge.outbox (topic, op, key, payload)
+        SELECT TG_ARGV[0], lower(TG_OP), bridge.row_key(r, keycols), r
+        FROM (SELECT to_jsonb(bridge_new.*) AS r FROM bridge_new) s;
     END IF;
-    RETURN NULL;
-END $$;
-
-CREATE OR REPLACE FUNCTION bridge.capture_update() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    keycols text[] := TG_ARGV[1:TG_NARGS - 1];
-BEGIN
-    INSERT INTO bridge.outbox (topic, op, key, payload)
-    SELECT TG_ARGV[0], 'update', bridge.row_key(r, keycols), r
-    FROM (SELECT to_jsonb(bridge_new.*) AS r FROM bridge_new) s;
-    IF FOUND THEN
-        PERFORM pg_notify('bridge_outbox', '');
-    END IF;
-    RETURN NULL;
-END $$;
-
-CREATE OR REPLACE FUNCTION bridge.capture_delete() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    keycols text[] := TG_ARGV[1:TG_NARGS - 1];
-BEGIN
-    INSERT INTO bridge.outbox (topic, op, key, payload)
-    SELECT TG_ARGV[0], 'delete', bridge.row_key(r, keycols), r
-    FROM (SELECT to_jsonb(bridge_old.*) AS r FROM bridge_old) s;
     IF FOUND THEN
         PERFORM pg_notify('bridge_outbox', '');
     END IF;
@@ -106,13 +86,13 @@ BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS bridge_capture_delete ON %s', tbl);
     EXECUTE format('CREATE TRIGGER bridge_capture_insert AFTER INSERT ON %s '
                    'REFERENCING NEW TABLE AS bridge_new FOR EACH STATEMENT '
-                   'EXECUTE FUNCTION bridge.capture_insert(%s)', tbl, args);
+                   'EXECUTE FUNCTION bridge.capture(%s)', tbl, args);
     EXECUTE format('CREATE TRIGGER bridge_capture_update AFTER UPDATE ON %s '
                    'REFERENCING NEW TABLE AS bridge_new FOR EACH STATEMENT '
-                   'EXECUTE FUNCTION bridge.capture_update(%s)', tbl, args);
+                   'EXECUTE FUNCTION bridge.capture(%s)', tbl, args);
     EXECUTE format('CREATE TRIGGER bridge_capture_delete AFTER DELETE ON %s '
                    'REFERENCING OLD TABLE AS bridge_old FOR EACH STATEMENT '
-                   'EXECUTE FUNCTION bridge.capture_delete(%s)', tbl, args);
+                   'EXECUTE FUNCTION bridge.capture(%s)', tbl, args);
     INSERT INTO bridge.watched_tables (table_name, topic, key_columns)
     VALUES (tbl::text, t, cols)
     ON CONFLICT (table_name) DO UPDATE SET topic = EXCLUDED.topic,
