@@ -292,6 +292,9 @@ async def run(args: argparse.Namespace) -> str:
         async with await psycopg.AsyncConnection.connect(ADMIN_DSN, autocommit=True) as admin:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     p50, p99 = statistics.median(lat), _pct(lat, 0.99)
+    settle = int(args.rate * 2)  # the first 2 s follow the drained backlog (VACUUM etc.)
+    steady = lat[settle:] or lat
+    s50, s99 = statistics.median(steady), _pct(steady, 0.99)
     f50, f99 = statistics.median(floor), _pct(floor, 0.99)
     g50, g99 = statistics.median(pg), _pct(pg, 0.99)
     rows = [
@@ -316,6 +319,11 @@ async def run(args: argparse.Namespace) -> str:
             f"commit → live event at {args.rate:g} rows/s, p50 / p99 ({len(lat):,} rows)",
             f"**{p50:.2f} / {p99:.2f} ms**",
             "≤ 5 ms p99 added",
+        ),
+        (
+            "… the same, leaving out the first 2 s after the drain, p50 / p99",
+            f"{s50:.2f} / {s99:.2f} ms",
+            "",
         ),
         (
             "floor: PostgreSQL alone, commit → a plain LISTEN connection, p50 / p99",
