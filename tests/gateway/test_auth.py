@@ -128,6 +128,27 @@ async def test_auth_disabled_and_origin_allow_list(spawn, gw_env, inject) -> Non
         assert bad.status_code == 403
 
 
+async def test_previous_secret_accepted_during_rotation(spawn, gw_env, inject) -> None:
+    new = "rotated-secret-0123456789abcdef-0123456789abcdef-0123456789abcdef"
+    env = {**gw_env, "BRIDGE_JWT_SECRET": new, "BRIDGE_JWT_PREVIOUS_SECRETS": f" {SECRET} ,"}
+    proc = spawn("gateway", env)
+    for secret in (new, SECRET):  # minted before and after the switch
+        async with await connect(proc, tok=token(["intents"], secret=secret)) as ws:
+            assert (await subscribe(ws, "intents"))[-1]["type"] == "subscribed"
+    for bad in (
+        token(["intents"], secret="never-configured-" + "x" * 40),
+        token(["intents"], secret=SECRET, ttl=-10),
+    ):
+        with pytest.raises(websockets.InvalidStatus) as info:
+            await connect(proc, tok=bad)
+        assert info.value.response.status_code == 401
+    # once the old secret is dropped from the list, its tokens stop working
+    plain = spawn("gateway", {**gw_env, "BRIDGE_JWT_SECRET": new})
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await connect(plain, tok=token(["intents"], secret=SECRET))
+    assert info.value.response.status_code == 401
+
+
 async def test_connection_ends_when_its_token_expires(gateway, inject) -> None:
     async with await connect(gateway, tok=token(["intents"], ttl=1.5)) as ws:
         assert (await subscribe(ws, "intents"))[-1]["type"] == "subscribed"

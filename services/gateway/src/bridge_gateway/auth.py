@@ -39,11 +39,32 @@ def token_from(headers: Mapping[str, str], query: Mapping[str, str]) -> str | No
 class Authenticator:
     """Verifies tokens; with auth disabled everybody reads every topic."""
 
-    def __init__(self, secret: str | None, enabled: bool = True) -> None:
+    def __init__(
+        self, secret: str | None, enabled: bool = True, previous: tuple[str, ...] = ()
+    ) -> None:
         if enabled and not secret:
             raise ValueError("a secret is required when auth is enabled")
         self.secret = secret or ""
+        #: secrets still accepted while tokens minted with them drain (rotation)
+        self.previous = tuple(p for p in previous if p)
         self.enabled = enabled
+
+    def _decode(self, token: str) -> dict[str, object]:
+        """Verify with the current secret, then with each previous one (rotation)."""
+        for i, secret in enumerate((self.secret, *self.previous)):
+            try:
+                # algorithms pinned to HS256: `alg: none` and every other one are rejected
+                claims: dict[str, object] = jwt.decode(
+                    token,
+                    secret,
+                    algorithms=["HS256"],
+                    options={"require": ["exp", "sub"]},
+                )
+                return claims
+            except jwt.InvalidSignatureError:
+                if i == len(self.previous):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def authenticate(self, token: str | None) -> Principal:
         if not self.enabled:
@@ -51,13 +72,7 @@ class Authenticator:
         if not token:
             raise Unauthorized("missing token")
         try:
-            # algorithms pinned to HS256: `alg: none` and every other algorithm are rejected
-            claims = jwt.decode(
-                token,
-                self.secret,
-                algorithms=["HS256"],
-                options={"require": ["exp", "sub"]},
-            )
+            claims = self._decode(token)
         except jwt.ExpiredSignatureError:
             raise Unauthorized("token expired") from None
         except jwt.PyJWTError as exc:

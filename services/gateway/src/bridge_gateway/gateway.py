@@ -77,7 +77,16 @@ class Gateway:
         self.settings = settings
         self.channels = Channels(settings.namespace)
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
-        self.auth = Authenticator(secret, enabled=settings.auth == "jwt")
+        previous = (
+            settings.jwt_previous_secrets.get_secret_value()
+            if settings.jwt_previous_secrets
+            else ""
+        )
+        self.auth = Authenticator(
+            secret,
+            enabled=settings.auth == "jwt",
+            previous=tuple(p.strip() for p in previous.split(",") if p.strip()),
+        )
         limit = asyncio.Semaphore(REDIS_CONCURRENCY)
         self.topics = TopicRegistry(redis, self.channels, limit)
         self.history = History(redis, self.channels, settings.replay_batch, limit=limit)

@@ -14,6 +14,11 @@ class Settings(BridgeSettings):
 
     jwt_secret: SecretStr | None = Field(default=None, validation_alias="BRIDGE_JWT_SECRET")
     auth: Literal["jwt", "disabled"] = Field(default="jwt", validation_alias="BRIDGE_AUTH")
+    #: comma-separated secrets still accepted during a rotation (tokens are minted with
+    #: BRIDGE_JWT_SECRET; these only verify tokens issued before the switch)
+    jwt_previous_secrets: SecretStr | None = Field(
+        default=None, validation_alias="BRIDGE_JWT_PREVIOUS_SECRETS"
+    )
     #: comma-separated browser origins allowed to connect; empty = any origin
     allowed_origins: str = Field(default="", validation_alias="BRIDGE_GATEWAY_ALLOWED_ORIGINS")
     #: largest inbound WebSocket message (bytes); larger ones close with 1009
