@@ -349,11 +349,12 @@ async def run(args: argparse.Namespace) -> str:
         if p99 <= 5.0
         else (
             f"**Latency: p99 above the 5 ms target on this run** ({p99:.2f} ms; "
-            f"p50 {p50:.2f} ms). The relay's own work per wake-up is one SQL statement and "
-            "one script call (≈ 0.6 ms at the median, measured in-process); the tail is "
-            "waiting to be scheduled — the notifier, PostgreSQL and Redis each need a core "
-            "the moment a row commits, on two cores shared with other test suites (compare "
-            "the floors, and the load average above)."
+            f"p50 {p50:.2f} ms). At this rate nearly "
+            "every commit wakes the relay on its own, and each wake-up is a round trip to "
+            "PostgreSQL (prune + read, ≈ 0.2-0.3 ms) and one to Redis (the script, "
+            "≈ 0.15 ms), plus Python around them: the relay is busy about half the time, "
+            "and a commit that lands during a cycle waits for it and the next one — with "
+            "three processes sharing two cores, that queueing is the tail."
         )
     )
     return f"""## Notifier
