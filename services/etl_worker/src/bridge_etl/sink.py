@@ -143,6 +143,23 @@ class LoadResult:
     rejected: list[Reject] = field(default_factory=list)
 
 
+async def _retry_later(
+    exc: BaseException, backoff: Backoff, stop: asyncio.Event | None, **facts: Any
+) -> None:
+    """Log a transient database failure and wait before the next try; while waiting,
+    a set `stop` ends the retries with `Stopping`."""
+    delay = backoff.next_delay()
+    log.warning("load.retry", error=str(exc).strip(), retry_in=round(delay, 2), **facts)
+    if stop is None:
+        await asyncio.sleep(delay)
+        return
+    try:
+        await asyncio.wait_for(stop.wait(), delay)
+    except TimeoutError:
+        return
+    raise Stopping from exc
+
+
 class Sink:
     """Loads validated rows (see module docstring); one instance per worker process."""
 
@@ -187,22 +204,7 @@ class Sink:
                 result = await self._load_once(batch, list(rejects), origin)
                 break
             except _TRANSIENT as exc:
-                delay = backoff.next_delay()
-                log.warning(
-                    "load.retry",
-                    origin=origin,
-                    rows=len(batch),
-                    error=str(exc).strip(),
-                    retry_in=round(delay, 2),
-                )
-                if stop is None:
-                    await asyncio.sleep(delay)
-                else:
-                    try:
-                        await asyncio.wait_for(stop.wait(), delay)
-                    except TimeoutError:
-                        continue
-                    raise Stopping from exc
+                await _retry_later(exc, backoff, stop, origin=origin, rows=len(batch))
         result.expired = expired
         result.duplicates = max(0, len(batch) - result.db_rejected - result.inserted)
         self.stats.loaded(origin, result.inserted, result.duplicates, time.monotonic() - started)
@@ -245,22 +247,8 @@ class Sink:
                         rec = await cur.fetchone()
                 break
             except _TRANSIENT as exc:
-                delay = backoff.next_delay()
-                log.warning("load.retry", origin=origin, error=str(exc).strip(), retry_in=delay)
-                if stop is None:
-                    await asyncio.sleep(delay)
-                    continue
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                except TimeoutError:
-                    continue
-                raise Stopping from exc
-        assert rec is not None
-        result = LoadResult(inserted=int(rec[0]), newest_inserted=rec[1])
-        if self.path == "timescale" and rec[2] is not None:
-            self._note_refresh(rec[2], rec[1])
-        self.stats.loaded(origin, result.inserted, 0, time.monotonic() - started)
-        self.stats.committed(origin, result.newest_inserted)
+                await _retry_later(exc, backoff, stop, origin=origin)
+        result = self._range_loaded(rec, origin, started)
         return result
 
     async def load_streamed_range(
@@ -309,23 +297,19 @@ class Sink:
                             leftovers = await cur.fetchall()
                 break
             except _TRANSIENT as exc:
-                delay = backoff.next_delay()
-                log.warning("load.retry", origin=origin, error=str(exc).strip(), retry_in=delay)
-                if stop is None:
-                    await asyncio.sleep(delay)
-                    continue
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                except TimeoutError:
-                    continue
-                raise Stopping from exc
+                await _retry_later(exc, backoff, stop, origin=origin)
+        result = self._range_loaded(rec, origin, started)
+        return result, leftovers
+
+    def _range_loaded(self, rec: Any, origin: str, started: float) -> LoadResult:
+        """Account for one server-side range load (`inserted, newest, oldest` row)."""
         assert rec is not None
         result = LoadResult(inserted=int(rec[0]), newest_inserted=rec[1])
         if self.path == "timescale" and rec[2] is not None:
             self._note_refresh(rec[2], rec[1])
         self.stats.loaded(origin, result.inserted, 0, time.monotonic() - started)
         self.stats.committed(origin, result.newest_inserted)
-        return result, leftovers
+        return result
 
     def params_for_leftovers(
         self, lo: int, hi: int, since: datetime, until: datetime | None
