@@ -11,6 +11,7 @@ from bridge_alerter.durations import parse_duration
 from bridge_alerter.errors import RulesError
 from bridge_alerter.rules import load_rules, parse_rules
 from bridge_alerter.template import render
+from bridge_common.snapshots import SNAPSHOT_METRICS
 
 GOOD = """\
 channels:
@@ -147,6 +148,12 @@ def test_unknown_metric_is_a_warning_not_an_error() -> None:
         "r.yaml:6: rules[0](audit_error_rate_high).metric: 'queue.depth' is not a metric "
         "the metrics API is known to publish",
     )
+
+
+@pytest.mark.parametrize("metric", sorted(SNAPSHOT_METRICS))
+def test_every_published_metric_is_known(metric: str) -> None:
+    rs = parse_rules(GOOD.replace("audit.error_rate_5m\n", f"{metric}\n"), "r.yaml")
+    assert rs.rules[0].metric == metric and not rs.warnings
 
 
 def test_fingerprint_is_stable_and_depends_on_name_and_labels_only() -> None:

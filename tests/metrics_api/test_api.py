@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from bridge_common.channels import Channels
-from bridge_common.snapshots import snapshot_from_entry
+from bridge_common.snapshots import SNAPSHOT_METRICS, snapshot_from_entry
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -180,6 +180,8 @@ def test_snapshot_published_with_the_right_values(api, seeded, r, namespace) -> 
         time.sleep(0.1)
     assert snap is not None and snap.ts > seeded["seeded_at"]
     m = snap.metrics
+    # exactly the names bridge-common lists (the alerter validates rules against them)
+    assert set(m) == SNAPSHOT_METRICS
     assert m["gateway.connections"] == 12
     assert m["audit.events_5m"] == 5
     assert m["audit.error_rate_5m"] == pytest.approx(0.2)

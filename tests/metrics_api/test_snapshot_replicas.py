@@ -8,18 +8,8 @@ import time
 
 import redis
 from bridge_common.channels import Channels
-from bridge_common.snapshots import snapshot_from_entry
+from bridge_common.snapshots import CONTRACT_METRICS, snapshot_from_entry
 
-CONTRACT_METRICS = {
-    "gateway.connections",
-    "audit.events_5m",
-    "audit.error_rate_5m",
-    "intents.failed_5m",
-    "corrections.count_1h",
-    "etl.lag_seconds",
-    "notifier.lag_seconds",
-    "notifier.outbox_backlog",
-}
 INTERVAL = 0.3
 LEASE_TTL = 1.0  # max(3 × interval, 1 s)
 

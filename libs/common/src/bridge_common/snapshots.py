@@ -15,6 +15,40 @@ from .channels import Channels
 from .events import MetricsSnapshot, decode_snapshot, dumps
 from .redis import AnyRedis, is_cluster
 
+#: the metrics the contract promises in every snapshot
+CONTRACT_METRICS = frozenset(
+    {
+        "gateway.connections",
+        "audit.events_5m",
+        "audit.error_rate_5m",
+        "intents.failed_5m",
+        "corrections.count_1h",
+        "etl.lag_seconds",
+        "notifier.lag_seconds",
+        "notifier.outbox_backlog",
+    }
+)
+
+#: every metric the metrics API publishes (the alerter warns on a rule naming another)
+SNAPSHOT_METRICS = CONTRACT_METRICS | frozenset(
+    {
+        *(
+            f"audit.{kind}_{window}"
+            for kind in ("events", "errors", "error_rate")
+            for window in ("5m", "1h", "24h")
+        ),
+        "intents.total",
+        "intents.failed",
+        "intents.pending",
+        "gateway.instances",
+        "services.up",
+        "services.down",
+        "alerts.firing",
+        "source_db.up",
+        "target_db.up",
+    }
+)
+
 #: field of each stream entry holding the snapshot JSON
 SNAPSHOT_FIELD = "snapshot"
 #: default bound of the snapshot stream (a day of 10-second snapshots)

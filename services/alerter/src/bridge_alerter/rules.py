@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from bridge_common.snapshots import SNAPSHOT_METRICS
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -44,19 +45,7 @@ DEFAULT_REPEAT_INTERVAL = 4 * 3600.0
 MAX_FILE_BYTES = 1024 * 1024
 
 #: metrics the metrics API publishes; others only draw a warning (new metrics may appear)
-KNOWN_METRICS = frozenset(
-    {
-        "gateway.connections",
-        "audit.events_5m",
-        "audit.error_rate_5m",
-        "intents.failed_5m",
-        "corrections.count_1h",
-        "etl.lag_seconds",
-        "notifier.lag_seconds",
-        "notifier.outbox_backlog",
-        "services.down",
-    }
-)
+KNOWN_METRICS = SNAPSHOT_METRICS
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,127}$")
 _CHANNEL_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
