@@ -602,6 +602,15 @@ def _ok(cond: bool) -> str:
     return "yes" if cond else "**no**"
 
 
+def _latency_verdict(label: str, g: dict[str, Any], f: dict[str, Any]) -> str:
+    """One target line for a latency run: zero loss, ≤ 2× the reference, ≤ 50 ms."""
+    return (
+        f"- {label.format(n=g['clients'])}: zero loss {_ok(g['lost'] == 0 and g['dup'] == 0)}; "
+        f"p99 {g['p99']:.1f} ms vs reference {f['p99']:.1f} ms "
+        f"(≤ 2×: {_ok(g['p99'] <= 2 * f['p99'])}, ≤ 50 ms: {_ok(g['p99'] <= 50)})"
+    )
+
+
 def report(res: dict[str, Any], args: argparse.Namespace) -> str:
     g, f = res["lat_gw"], res["lat_ref"]
     sg, sf = res["sat_gw"], res["sat_ref"]
@@ -685,21 +694,9 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
         f"p99 ≤ 50 ms: {_ok(g['p99'] <= 50)}",
         f"- saturation ≥ 85 % of reference: {ratio * 100:.0f} % → {_ok(ratio >= 0.85)}",
     ]
-    if "alone_gw" in res:
-        ag, af = res["alone_gw"], res["alone_ref"]
-        lines.append(
-            f"- {ag['clients']} clients, each server alone: zero loss "
-            f"{_ok(ag['lost'] == 0 and ag['dup'] == 0)}; p99 {ag['p99']:.1f} ms vs reference "
-            f"{af['p99']:.1f} ms (≤ 2×: {_ok(ag['p99'] <= 2 * af['p99'])}, ≤ 50 ms: "
-            f"{_ok(ag['p99'] <= 50)})"
-        )
-    if "light_gw" in res:
-        lg, lf = res["light_gw"], res["light_ref"]
-        lines.append(
-            f"- at {lg['clients']} clients: zero loss {_ok(lg['lost'] == 0 and lg['dup'] == 0)}; "
-            f"p99 {lg['p99']:.1f} ms vs reference {lf['p99']:.1f} ms "
-            f"(≤ 2×: {_ok(lg['p99'] <= 2 * lf['p99'])}, ≤ 50 ms: {_ok(lg['p99'] <= 50)})"
-        )
+    for key, label in (("alone", "{n} clients, each server alone"), ("light", "at {n} clients")):
+        if f"{key}_gw" in res:
+            lines.append(_latency_verdict(label, res[f"{key}_gw"], res[f"{key}_ref"]))
     if "idle_gw" in res:
         per = res["idle_gw"]["per_conn"] / 1024
         lines.append(f"- ≤ 20 KiB per idle connection: {per:.1f} KiB → {_ok(per <= 20)}")
