@@ -89,3 +89,34 @@ def test_sigterm_during_backoff_stops_at_once(tmp_path: Path) -> None:
             proc.communicate()
     assert proc.returncode == 0
     assert "restart #3" not in rest
+
+
+def test_wrapper_and_child_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the supervisor must not leave a service running under init."""
+    child = tmp_path / "child.py"
+    child.write_text("import time\nwhile True:\n    time.sleep(0.1)\n")
+    pids = tmp_path / "pids"
+    supervisor = tmp_path / "supervisor.py"
+    supervisor.write_text(textwrap.dedent(
+        f"""
+        import subprocess, sys, time
+        p = subprocess.Popen([sys.executable, "-m", "bridge_devstack.keepalive", "--name",
+                              "child", "--", sys.executable, {str(child)!r}])
+        open({str(pids)!r}, "w").write(str(p.pid))
+        while True:
+            time.sleep(0.1)
+        """
+    ))  # fmt: skip
+    sup = subprocess.Popen([sys.executable, str(supervisor)])
+    try:
+        wait_for(lambda: pids.exists() and pids.read_text().strip(), timeout=10)
+        wrapper = psutil.Process(int(pids.read_text()))
+        wait_for(lambda: wrapper.children(), timeout=10)
+        service = wrapper.children()[0]
+        sup.kill()
+        sup.wait(5)
+        gone, alive = psutil.wait_procs([wrapper, service], timeout=15)
+        assert not alive, f"left running: {alive}"
+    finally:
+        if sup.poll() is None:
+            sup.kill()

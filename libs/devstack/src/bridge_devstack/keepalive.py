@@ -4,11 +4,14 @@ exponential backoff when it exits unexpectedly, and stop when told (SIGTERM/SIGI
 The supervisor (honcho) stops the whole stack as soon as any of its children ends, so a
 crashing service is kept inside this wrapper: the others keep running while it restarts.
 A child that ran long enough is considered healthy again and the backoff starts over.
+If the supervisor itself dies (kill -9), the wrapper notices it was orphaned and stops
+its child the same way, so no service is left running without a supervisor.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -31,6 +34,7 @@ class Keepalive:
         self.child: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self.stop_at = 0.0
+        self.parent = os.getppid()
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         # The supervisor signals the whole process group, so the child normally has the
@@ -38,6 +42,14 @@ class Keepalive:
         if not self.stopping.is_set():
             self.stop_at = time.monotonic()
         self.stopping.set()
+
+    def orphaned(self) -> bool:
+        """True (and stopping) once the supervisor that started us is gone."""
+        if not self.stopping.is_set() and os.getppid() != self.parent:
+            self.say("supervisor gone; stopping")
+            self.stop_at = time.monotonic()
+            self.stopping.set()
+        return self.stopping.is_set()
 
     def say(self, message: str) -> None:
         print(f"[keepalive] {self.name}: {message}", flush=True)
@@ -63,8 +75,10 @@ class Keepalive:
             attempt += 1
             self.restarts += 1
             self.say(f"exited with {code}; restart #{self.restarts} in {delay:.1f}s")
-            if self.stopping.wait(delay):
-                return 0
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline:
+                if self.stopping.wait(min(0.2, deadline - time.monotonic())) or self.orphaned():
+                    return 0
         return 0
 
     def _wait(self) -> int:
@@ -75,7 +89,7 @@ class Keepalive:
             try:
                 return self.child.wait(timeout=0.2)
             except subprocess.TimeoutExpired:
-                if not self.stopping.is_set():
+                if not self.orphaned():
                     continue
                 waited = time.monotonic() - self.stop_at
                 if not forwarded and waited >= FORWARD_AFTER:
