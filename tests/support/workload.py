@@ -162,19 +162,28 @@ class Seen:
         self.received_at.setdefault(event["key"], time.time())
 
 
-class WsConsumer:
-    """One WebSocket client on `topic`, resuming with `since` after every disconnect and
-    failing over between gateways."""
+class _GatewayConsumer:
+    """A hand-written client of one topic that fails over between gateways and resumes
+    from the last id it saw."""
+
+    default_name = "client"
 
     def __init__(
-        self, gateways: Sequence[str], topic: str, token: str | None, *, name: str = "ws"
+        self, gateways: Sequence[str], topic: str, token: str | None, *, name: str | None = None
     ) -> None:
         self.gateways = list(gateways)
         self.topic = topic
         self.token = token
-        self.name = name
+        self.name = name or self.default_name
         self.seen = Seen()
         self.live = asyncio.Event()
+
+
+class WsConsumer(_GatewayConsumer):
+    """One WebSocket client on `topic`, resuming with `since` after every disconnect and
+    failing over between gateways."""
+
+    default_name = "ws"
 
     def _url(self, base: str) -> str:
         url = base.replace("http://", "ws://") + "/ws"
@@ -213,18 +222,10 @@ class WsConsumer:
                 await asyncio.sleep(0.2)
 
 
-class SseConsumer:
+class SseConsumer(_GatewayConsumer):
     """One SSE client on `/events/{topic}`, resuming with `Last-Event-ID`."""
 
-    def __init__(
-        self, gateways: Sequence[str], topic: str, token: str | None, *, name: str = "sse"
-    ) -> None:
-        self.gateways = list(gateways)
-        self.topic = topic
-        self.token = token
-        self.name = name
-        self.seen = Seen()
-        self.live = asyncio.Event()
+    default_name = "sse"
 
     async def run(self, stop: asyncio.Event) -> None:
         attempt = 0
