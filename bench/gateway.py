@@ -636,27 +636,22 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         *_lat_table(g, f),
     ]
-    if "alone_gw" in res:
-        ag, af = res["alone_gw"], res["alone_ref"]
-        lines += [
-            "",
-            f"The same {ag['clients']} clients × {args.rate} events/s × {args.seconds} s, each "
-            "server measured alone (the other idle), so the absolute latency is not that of "
-            f"{ag['clients'] + af['clients']} clients sharing 2 cores; load generator "
-            f"{ag.get('loadgen_cpu', 0):.2f} / {af.get('loadgen_cpu', 0):.2f} of a core:",
-            "",
-            *_lat_table(ag, af),
-        ]
-    if "light_gw" in res:
-        lg, lf = res["light_gw"], res["light_ref"]
-        lines += [
-            "",
-            f"The same with {lg['clients']} clients on each side × {args.rate} events/s × "
-            f"{args.light_seconds} s (measured first; the load generator used "
-            f"{lg.get('loadgen_cpu', 0):.2f} of a core):",
-            "",
-            *_lat_table(lg, lf),
-        ]
+    intros = {
+        "alone": "The same {n} clients × {rate} events/s × {seconds} s, each server measured "
+        "alone (the other idle), so the absolute latency is not that of {both} clients "
+        "sharing 2 cores; load generator {cpu_g:.2f} / {cpu_f:.2f} of a core:",
+        "light": "The same with {n} clients on each side × {rate} events/s × {light_seconds} s "
+        "(measured first; the load generator used {cpu_g:.2f} of a core):",
+    }
+    for key, intro in intros.items():
+        if f"{key}_gw" in res:
+            xg, xf = res[f"{key}_gw"], res[f"{key}_ref"]
+            text = intro.format(
+                n=xg["clients"], both=xg["clients"] + xf["clients"], rate=args.rate,
+                seconds=args.seconds, light_seconds=args.light_seconds,
+                cpu_g=xg.get("loadgen_cpu", 0), cpu_f=xf.get("loadgen_cpu", 0),
+            )  # fmt: skip
+            lines += ["", text, "", *_lat_table(xg, xf)]
     lines += [
         "",
         f"**Saturation** ({sg['clients']} clients, ~300-byte events appended to Redis as fast "
