@@ -64,23 +64,35 @@ def target_sum(dsn: str, where: str = "") -> tuple[int, str]:
         return int(row[0]), str(row[1])
 
 
+#: each rollup level and its bucket width
+ROLLUP_LEVELS = (
+    ("audit_logs_1m", "1 minute"),
+    ("audit_logs_1h", "1 hour"),
+    ("audit_logs_1d", "1 day"),
+)
+
+
 def rollup_mismatches(dsn: str) -> list[Any]:
-    """Rows where audit_logs_1m differs from a GROUP BY over audit_logs_ts (empty = equal)."""
+    """Rows where a rollup (per minute, hour, day) differs from a GROUP BY over
+    audit_logs_ts (empty = all three equal)."""
+    out: list[Any] = []
     with psycopg.connect(dsn) as conn:
-        return conn.execute(
-            """
-            WITH truth AS (
-                SELECT date_trunc('minute', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-                       AS bucket, action, severity, count(*) AS events
-                FROM audit_logs_ts GROUP BY 1, 2, 3
-            )
-            SELECT coalesce(t.bucket, r.bucket), coalesce(t.action, r.action),
-                   coalesce(t.severity, r.severity), t.events, r.events
-            FROM truth t FULL JOIN audit_logs_1m r
-              ON (t.bucket, t.action, t.severity) = (r.bucket, r.action, r.severity)
-            WHERE t.events IS DISTINCT FROM r.events
-            """
-        ).fetchall()
+        for table, width in ROLLUP_LEVELS:
+            out += conn.execute(
+                f"""
+                WITH truth AS (
+                    SELECT date_bin('{width}', created_at, timestamptz '2000-01-01 00:00:00+00')
+                           AS bucket, action, severity, count(*) AS events
+                    FROM audit_logs_ts GROUP BY 1, 2, 3
+                )
+                SELECT '{table}', coalesce(t.bucket, r.bucket), coalesce(t.action, r.action),
+                       coalesce(t.severity, r.severity), t.events, r.events
+                FROM truth t FULL JOIN {table} r
+                  ON (t.bucket, t.action, t.severity) = (r.bucket, r.action, r.severity)
+                WHERE t.events IS DISTINCT FROM r.events
+                """  # noqa: S608 - constant table names
+            ).fetchall()
+    return out
 
 
 def publish_rows(redis_url: str, namespace: str, dsn: str, where: str = "") -> int:
