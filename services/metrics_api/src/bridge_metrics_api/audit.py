@@ -1,8 +1,11 @@
 """Audit figures from the target database: windows, timeline, corrections.
 
-Counts come from the per-minute aggregate `audit_logs_1m` (a rollup table on plain
-PostgreSQL, a real-time continuous aggregate on TimescaleDB — same columns), never from a
-scan of raw rows, so answers cost the same at 10 or 100 million rows. Only the list of the
+Counts come from the rollups per minute, hour and day (`audit_logs_1m/1h/1d`: tables kept
+by the ETL on plain PostgreSQL, hierarchical real-time continuous aggregates on
+TimescaleDB — same columns), read as `planner` cuts each range: the coarsest exact level
+in the middle, finer ones at the edges. Never a scan of raw rows, and a bounded number of
+rollup buckets per request, so answers cost the same at 10 or 100 million rows and for a
+day or 90 days. Only the list of the
 latest corrections reads `audit_logs_ts`, through its `(action, created_at DESC)` index and
 a LIMIT. Every statement is a constant; user values are bind parameters.
 """
@@ -16,8 +19,10 @@ from typing import Any
 from bridge_common.events import dumps
 from psycopg_pool import AsyncConnectionPool
 
+from . import planner
 from .cache import Settled, SettledBuckets
-from .params import ORIGIN, SEVERITIES, CorrectionsQuery, TimelineQuery, floor_to
+from .params import SEVERITIES, CorrectionsQuery, TimelineQuery
+from .planner import HOUR, ORIGIN, floor_to
 
 CORRECTION_ACTION = "intent.corrected"
 ERROR_SEVERITIES = ("error", "critical")
@@ -29,44 +34,45 @@ WINDOWS: dict[str, timedelta] = {
 }
 
 # A minute bucket belongs to the window "last N" when it starts after now − N: at 17:34:30
-# the 5-minute window holds the buckets 17:30 … 17:34.
-_WINDOWS_SQL = """
+# the 5-minute window holds the buckets 17:30 … 17:34. The last hour comes from minutes; the
+# 24 h window from the planner's slots (hours, minutes at both edges).
+_RECENT_SQL = """
 SELECT severity,
        coalesce(sum(events) FILTER (WHERE bucket > %(now)s - interval '5 minutes'), 0)::bigint,
-       coalesce(sum(events) FILTER (WHERE bucket > %(now)s - interval '1 hour'), 0)::bigint,
        coalesce(sum(events), 0)::bigint,
-       coalesce(sum(events) FILTER (WHERE bucket > %(now)s - interval '1 hour'
-                                      AND action = 'intent.corrected'), 0)::bigint
+       coalesce(sum(events) FILTER (WHERE action = 'intent.corrected'), 0)::bigint
 FROM audit_logs_1m
-WHERE bucket > %(now)s - interval '24 hours' AND bucket <= %(now)s
+WHERE bucket > %(now)s - interval '1 hour' AND bucket <= %(now)s
 GROUP BY severity
 """
+_TOTALS_SQL = f"""
+SELECT severity, sum(events)::bigint
+FROM (
+    {planner.union_sql()}
+) AS r
+GROUP BY severity
+"""  # noqa: S608 - constant text, values are bind parameters
 
 # Four constant statements instead of one with "(param IS NULL OR …)": each keeps a plan
 # that uses the right index once psycopg prepares it.
 _TIMELINE_SELECT = """
 SELECT date_bin(%(width)s, bucket, %(origin)s) AS t, severity, sum(events)::bigint
-FROM audit_logs_1m
-WHERE bucket >= %(since)s AND bucket < %(until)s{extra}
+FROM (
+    {union}
+) AS r
 GROUP BY 1, 2
 ORDER BY 1
 """
 _TIMELINE_SQL = {
-    (False, False): _TIMELINE_SELECT.format(extra=""),
-    (True, False): _TIMELINE_SELECT.format(extra=" AND action = %(action)s"),
-    (False, True): _TIMELINE_SELECT.format(extra=" AND severity = ANY(%(severities)s)"),
-    (True, True): _TIMELINE_SELECT.format(
-        extra=" AND action = %(action)s AND severity = ANY(%(severities)s)"
-    ),
+    (action, severity): _TIMELINE_SELECT.format(
+        union=planner.union_sql(
+            (" AND action = %(action)s" if action else "")
+            + (" AND severity = ANY(%(severities)s)" if severity else "")
+        )
+    )
+    for action in (False, True)
+    for severity in (False, True)
 }
-
-_CORRECTIONS_PER_HOUR_SQL = """
-SELECT date_bin(interval '1 hour', bucket, %(origin)s) AS t, sum(events)::bigint
-FROM audit_logs_1m
-WHERE action = 'intent.corrected' AND bucket >= %(since)s AND bucket < %(until)s
-GROUP BY 1
-ORDER BY 1
-"""
 
 _LATEST_CORRECTIONS_SQL = """
 SELECT source_id, created_at, intent_id, actor, severity, details
@@ -118,13 +124,18 @@ async def windows(pool: AsyncConnectionPool, now: datetime) -> AuditWindows:
     """Events by severity over the last 5 min / 1 h / 24 h, and corrections in the last hour."""
     out = {name: WindowCounts() for name in WINDOWS}
     corrections = 0
+    # the minutes (now − 24 h, now]: whole minutes starting in [now − 24 h + 1 ns, now + 1 ns)
+    tick = timedelta(microseconds=1)
+    day = planner.plan(now - WINDOWS["24h"] + tick, now + tick, None)
     async with pool.connection() as conn:
-        cur = await conn.execute(_WINDOWS_SQL, {"now": now})
-        for severity, e5, e1h, e24, c1h in await cur.fetchall():
+        cur = await conn.execute(_RECENT_SQL, {"now": now})
+        for severity, e5, e1h, c1h in await cur.fetchall():
             out["5m"].add(severity, int(e5))
             out["1h"].add(severity, int(e1h))
-            out["24h"].add(severity, int(e24))
             corrections += int(c1h)
+        cur = await conn.execute(_TOTALS_SQL, day.params())
+        for severity, e24 in await cur.fetchall():
+            out["24h"].add(severity, int(e24))
     return AuditWindows(windows=out, corrections_1h=corrections)
 
 
@@ -184,10 +195,9 @@ async def timeline(
                 args: dict[str, Any] = {
                     "width": width,
                     "origin": ORIGIN,
-                    "since": lo_t,
-                    "until": hi_t,
                     "action": q.action,
                     "severities": q.severities,
+                    **planner.plan(lo_t, hi_t, width).params(),
                 }
                 cur = await conn.execute(sql, args)
                 for t, severity, count in await cur.fetchall():
@@ -253,19 +263,28 @@ def _spans(
 
 
 async def corrections(pool: AsyncConnectionPool, q: CorrectionsQuery) -> dict[str, Any]:
-    """Corrections per hour (from the aggregate) and the latest ones (from the rows)."""
-    args = {"since": q.since, "until": q.until, "limit": q.limit, "origin": ORIGIN}
+    """Corrections per hour (from the rollups) and the latest ones (from the rows)."""
+    args = {"since": q.since, "until": q.until, "limit": q.limit}
+    per_hour = {
+        "width": HOUR,
+        "origin": ORIGIN,
+        "action": CORRECTION_ACTION,
+        "severities": None,
+        **planner.plan(q.since, q.until, HOUR).params(),
+    }
     async with pool.connection() as conn:
-        cur = await conn.execute(_CORRECTIONS_PER_HOUR_SQL, args)
+        cur = await conn.execute(_TIMELINE_SQL[(True, False)], per_hour)
         per_hour_rows = await cur.fetchall()
         cur = await conn.execute(_LATEST_CORRECTIONS_SQL, args)
         latest_rows = await cur.fetchall()
-    counts = {t: int(n) for t, n in per_hour_rows}
+    counts: dict[datetime, int] = {}
+    for t, _severity, n in per_hour_rows:
+        counts[t] = counts.get(t, 0) + int(n)
     hours = []
-    t = ORIGIN + ((q.since - ORIGIN) // timedelta(hours=1)) * timedelta(hours=1)
+    t = floor_to(q.since, HOUR)
     while t < q.until:
         hours.append({"t": iso(t), "count": counts.get(t, 0)})
-        t += timedelta(hours=1)
+        t += HOUR
     return {
         "since": iso(q.since),
         "until": iso(q.until),
