@@ -73,8 +73,8 @@ ROLLUP_LEVELS = (
 
 
 def rollup_mismatches(dsn: str) -> list[Any]:
-    """Rows where a rollup (per minute, hour, day) differs from a GROUP BY over
-    audit_logs_ts (empty = all three equal)."""
+    """Rows where a rollup (per action and severity, or the all-actions totals; per
+    minute, hour, day) differs from a GROUP BY over audit_logs_ts (empty = all equal)."""
     out: list[Any] = []
     with psycopg.connect(dsn) as conn:
         for table, width in ROLLUP_LEVELS:
@@ -90,6 +90,27 @@ def rollup_mismatches(dsn: str) -> list[Any]:
                 FROM truth t FULL JOIN {table} r
                   ON (t.bucket, t.action, t.severity) = (r.bucket, r.action, r.severity)
                 WHERE t.events IS DISTINCT FROM r.events
+                """  # noqa: S608 - constant table names
+            ).fetchall()
+        for level, width in (("1m", "1 minute"), ("1h", "1 hour"), ("1d", "1 day")):
+            out += conn.execute(
+                f"""
+                WITH truth AS (
+                    SELECT date_bin('{width}', created_at, timestamptz '2000-01-01 00:00:00+00')
+                           AS bucket,
+                           count(*) FILTER (WHERE severity = 'debug') AS debug,
+                           count(*) FILTER (WHERE severity = 'info') AS info,
+                           count(*) FILTER (WHERE severity = 'warning') AS warning,
+                           count(*) FILTER (WHERE severity = 'error') AS error,
+                           count(*) FILTER (WHERE severity = 'critical') AS critical
+                    FROM audit_logs_ts GROUP BY 1
+                )
+                SELECT 'audit_totals_{level}', coalesce(t.bucket, r.bucket),
+                       (t.debug, t.info, t.warning, t.error, t.critical),
+                       (r.debug, r.info, r.warning, r.error, r.critical)
+                FROM truth t FULL JOIN audit_totals_{level} r ON t.bucket = r.bucket
+                WHERE (t.debug, t.info, t.warning, t.error, t.critical)
+                      IS DISTINCT FROM (r.debug, r.info, r.warning, r.error, r.critical)
                 """  # noqa: S608 - constant table names
             ).fetchall()
     return out

@@ -124,6 +124,9 @@ _AGGREGATES = (
     ("audit_logs_1m", timedelta(minutes=1)),
     ("audit_logs_1h", timedelta(hours=1)),
     ("audit_logs_1d", timedelta(days=1)),
+    ("audit_totals_1m", timedelta(minutes=1)),
+    ("audit_totals_1h", timedelta(hours=1)),
+    ("audit_totals_1d", timedelta(days=1)),
 )
 _ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 

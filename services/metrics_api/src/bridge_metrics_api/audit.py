@@ -36,42 +36,48 @@ WINDOWS: dict[str, timedelta] = {
 # A minute bucket belongs to the window "last N" when it starts after now − N: at 17:34:30
 # the 5-minute window holds the buckets 17:30 … 17:34. The last hour comes from minutes; the
 # 24 h window from the planner's slots (hours, minutes at both edges).
-_RECENT_SQL = """
-SELECT severity,
-       coalesce(sum(events) FILTER (WHERE bucket > %(now)s - interval '5 minutes'), 0)::bigint,
-       coalesce(sum(events), 0)::bigint,
-       coalesce(sum(events) FILTER (WHERE action = 'intent.corrected'), 0)::bigint
-FROM audit_logs_1m
+_LAST_HOUR_SQL = """
+SELECT bucket, debug, info, warning, error, critical
+FROM audit_totals_1m
 WHERE bucket > %(now)s - interval '1 hour' AND bucket <= %(now)s
-GROUP BY severity
 """
+_CORRECTIONS_1H_SQL = """
+SELECT coalesce(sum(events), 0)::bigint
+FROM audit_logs_1m
+WHERE action = 'intent.corrected' AND bucket > %(now)s - interval '1 hour' AND bucket <= %(now)s
+"""
+_SUMS = ", ".join(f"coalesce(sum({s}), 0)::bigint" for s in SEVERITIES)
 _TOTALS_SQL = f"""
-SELECT severity, sum(events)::bigint
+SELECT {_SUMS}
 FROM (
-    {planner.union_sql()}
+    {planner.union_sql(per_action=False)}
 ) AS r
-GROUP BY severity
 """  # noqa: S608 - constant text, values are bind parameters
 
-# Four constant statements instead of one with "(param IS NULL OR …)": each keeps a plan
-# that uses the right index once psycopg prepares it.
-_TIMELINE_SELECT = """
-SELECT date_bin(%(width)s, bucket, %(origin)s) AS t, severity, sum(events)::bigint
+# One constant statement per rollup family, each answering (t, debug … critical): the
+# totals sum their columns, the per-action rows are pivoted by severity.
+_TIMELINE_SQL = {
+    False: f"""
+SELECT date_bin(%(width)s, bucket, %(origin)s) AS t, {_SUMS}
+FROM (
+    {planner.union_sql(per_action=False)}
+) AS r
+GROUP BY 1
+ORDER BY 1
+""",  # noqa: S608 - constant text, values are bind parameters
+    True: """
+SELECT date_bin(%(width)s, bucket, %(origin)s) AS t, {pivot}
 FROM (
     {union}
 ) AS r
-GROUP BY 1, 2
+GROUP BY 1
 ORDER BY 1
-"""
-_TIMELINE_SQL = {
-    (action, severity): _TIMELINE_SELECT.format(
-        union=planner.union_sql(
-            (" AND action = %(action)s" if action else "")
-            + (" AND severity = ANY(%(severities)s)" if severity else "")
-        )
-    )
-    for action in (False, True)
-    for severity in (False, True)
+""".format(
+        pivot=", ".join(
+            f"coalesce(sum(events) FILTER (WHERE severity = '{s}'), 0)::bigint" for s in SEVERITIES
+        ),
+        union=planner.union_sql(per_action=True),
+    ),
 }
 
 _LATEST_CORRECTIONS_SQL = """
@@ -123,19 +129,24 @@ class AuditWindows:
 async def windows(pool: AsyncConnectionPool, now: datetime) -> AuditWindows:
     """Events by severity over the last 5 min / 1 h / 24 h, and corrections in the last hour."""
     out = {name: WindowCounts() for name in WINDOWS}
-    corrections = 0
-    # the minutes (now − 24 h, now]: whole minutes starting in [now − 24 h + 1 ns, now + 1 ns)
+    # the minutes (now − 24 h, now]: whole minutes starting in [now − 24 h + 1 µs, now + 1 µs)
     tick = timedelta(microseconds=1)
     day = planner.plan(now - WINDOWS["24h"] + tick, now + tick, None)
+    five = now - WINDOWS["5m"]
     async with pool.connection() as conn:
-        cur = await conn.execute(_RECENT_SQL, {"now": now})
-        for severity, e5, e1h, c1h in await cur.fetchall():
-            out["5m"].add(severity, int(e5))
-            out["1h"].add(severity, int(e1h))
-            corrections += int(c1h)
+        cur = await conn.execute(_LAST_HOUR_SQL, {"now": now})
+        for bucket, *counts in await cur.fetchall():
+            for severity, n in zip(SEVERITIES, counts, strict=True):
+                out["1h"].add(severity, int(n))
+                if bucket > five:
+                    out["5m"].add(severity, int(n))
+        cur = await conn.execute(_CORRECTIONS_1H_SQL, {"now": now})
+        row = await cur.fetchone()
+        corrections = int(row[0]) if row else 0
         cur = await conn.execute(_TOTALS_SQL, day.params())
-        for severity, e24 in await cur.fetchall():
-            out["24h"].add(severity, int(e24))
+        row = await cur.fetchone()
+        for severity, n in zip(SEVERITIES, row or (), strict=False):
+            out["24h"].add(severity, int(n))
     return AuditWindows(windows=out, corrections_1h=corrections)
 
 
@@ -189,7 +200,7 @@ async def timeline(
     missing = [x for x in singles if x not in cached]
     fresh: dict[int, dict[str, int]] = {n: dict.fromkeys(severities, 0) for n in missing}
     if missing:
-        sql = _TIMELINE_SQL[(q.action is not None, q.severities is not None)]
+        sql = _TIMELINE_SQL[q.action is not None]
         async with pool.connection() as conn:
             for lo_t, hi_t in _spans(missing, width, q.since, q.until):
                 args: dict[str, Any] = {
@@ -200,11 +211,13 @@ async def timeline(
                     **planner.plan(lo_t, hi_t, width).params(),
                 }
                 cur = await conn.execute(sql, args)
-                for t, severity, count in await cur.fetchall():
+                for t, *by_severity in await cur.fetchall():
                     point = fresh.get((t - ORIGIN) // width)
-                    if point is None or severity not in point:
-                        continue  # cached already, or a severity outside the known five
-                    point[severity] += int(count)
+                    if point is None:
+                        continue  # cached already
+                    for severity, n in zip(SEVERITIES, by_severity, strict=True):
+                        if severity in point:
+                            point[severity] += int(n)
     counts: list[tuple[int, ...]] = []
     frags: list[bytes] = []
     new: dict[int, Settled] = {}
@@ -273,13 +286,11 @@ async def corrections(pool: AsyncConnectionPool, q: CorrectionsQuery) -> dict[st
         **planner.plan(q.since, q.until, HOUR).params(),
     }
     async with pool.connection() as conn:
-        cur = await conn.execute(_TIMELINE_SQL[(True, False)], per_hour)
+        cur = await conn.execute(_TIMELINE_SQL[True], per_hour)
         per_hour_rows = await cur.fetchall()
         cur = await conn.execute(_LATEST_CORRECTIONS_SQL, args)
         latest_rows = await cur.fetchall()
-    counts: dict[datetime, int] = {}
-    for t, _severity, n in per_hour_rows:
-        counts[t] = counts.get(t, 0) + int(n)
+    counts = {t: sum(int(n) for n in by_severity) for t, *by_severity in per_hour_rows}
     hours = []
     t = floor_to(q.since, HOUR)
     while t < q.until:

@@ -34,7 +34,7 @@ DEFAULT_SPAN: dict[str, timedelta] = {
     "1h": timedelta(days=7),
     "1d": timedelta(days=90),
 }
-SEVERITIES = ("debug", "info", "warning", "error", "critical")
+SEVERITIES = planner.SEVERITIES
 #: most buckets one timeline answer may hold (a day of minutes fits)
 MAX_POINTS = 1500
 #: widest corrections range (per-hour series of at most 31 days)

@@ -1,8 +1,11 @@
 """Which rollup answers which part of a time range: days in the middle, hours beside them,
 minutes at the edges — each level only where it is exact for the answer's buckets.
 
-The target database keeps the audit counts three times, per UTC minute, hour and day
-(`audit_logs_1m`, `audit_logs_1h`, `audit_logs_1d`; same columns, equal sums). A range is
+The target database keeps the audit counts per UTC minute, hour and day, twice: per action
+and severity (`audit_logs_1m/1h/1d`, a row per bucket, action and severity) and for all
+actions together (`audit_totals_1m/1h/1d`, a row per bucket with a column per severity).
+A question with `action` reads the first family, any other the second, so a bucket costs
+at most five rows, or one, however many actions there are. A range is
 counted in whole minutes (a minute counts when it starts in `[since, until)`), so it is
 `[a, b)` with both ends on a minute. The plan cuts it into at most five slots:
 
@@ -25,7 +28,7 @@ ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
-#: rollup buckets one request may read (per action and severity present in them)
+#: rollup buckets one request may read (a row each in the totals, at most five per action)
 MAX_ROLLUP_BUCKETS = 5000
 #: the slots of a plan in time order, with the table each reads and its bucket width
 SLOTS: tuple[tuple[str, str, timedelta], ...] = (
@@ -35,6 +38,16 @@ SLOTS: tuple[tuple[str, str, timedelta], ...] = (
     ("h2", "audit_logs_1h", HOUR),
     ("m2", "audit_logs_1m", MINUTE),
 )
+
+
+#: per-action rollup → the all-actions totals of the same bucket width
+TOTALS = {
+    "audit_logs_1m": "audit_totals_1m",
+    "audit_logs_1h": "audit_totals_1h",
+    "audit_logs_1d": "audit_totals_1d",
+}
+#: the severities, in answer order; the totals have one column each
+SEVERITIES = ("debug", "info", "warning", "error", "critical")
 
 
 def floor_to(t: datetime, width: timedelta) -> datetime:
@@ -64,7 +77,7 @@ class Plan:
 
     @property
     def buckets(self) -> int:
-        """Rollup buckets read (each holds one row per action and severity seen in it)."""
+        """Rollup buckets read: rows without an action filter, at most 5 × that with one."""
         return sum(
             (hi - lo) // width for (lo, hi), (_, _, width) in zip(self.slots(), SLOTS, strict=True)
         )
@@ -96,13 +109,16 @@ def plan(since: datetime, until: datetime, width: timedelta | None) -> Plan:
     return Plan((a, h0), (h0, d0), (d0, d1), (d1, h1), (h1, b))
 
 
-def union_sql(extra: str = "") -> str:
-    """`SELECT bucket, severity, events` from the five slots (UNION ALL), each slot a range
-    scan of its rollup's primary key or `(action, bucket)` index; `extra` is a constant
-    condition such as `AND action = %(action)s`."""
+def union_sql(per_action: bool) -> str:
+    """The five slots as one UNION ALL, each slot a range scan of its rollup's primary key
+    (or `(action, bucket)` index). `per_action`: rows `(bucket, severity, events)` of one
+    action, `%(action)s`; otherwise rows `(bucket, debug, info, warning, error, critical)` of
+    the all-actions totals."""
+    cols = "bucket, severity, events" if per_action else "bucket, " + ", ".join(SEVERITIES)
+    cond = " AND action = %(action)s" if per_action else ""
     parts = [
-        f"SELECT bucket, severity, events FROM {table}"  # noqa: S608 - constant names
-        f" WHERE bucket >= %({name}_lo)s AND bucket < %({name}_hi)s{extra}"
+        f"SELECT {cols} FROM {table if per_action else TOTALS[table]}"  # noqa: S608
+        f" WHERE bucket >= %({name}_lo)s AND bucket < %({name}_hi)s{cond}"
         for name, table, _ in SLOTS
     ]
     return "\n    UNION ALL\n    ".join(parts)
