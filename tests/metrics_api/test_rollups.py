@@ -213,3 +213,32 @@ def test_corrections_per_hour_equal_group_by_over_raw_rows(
 def test_rollup_levels_agree_with_the_raw_rows(db, base) -> None:
     """After everything above: each level equals a GROUP BY over the raw rows."""
     assert rollup_mismatches(db.info.dsn) == []
+
+
+def test_grafana_json_api_requests_are_answered(api, db, base) -> None:
+    """What docs/api.md tells Grafana's JSON API data source to send: `${__from:date:iso}`
+    times (milliseconds, `Z`), a bucket variable; the fields it reads are there."""
+    until = NOW.replace(second=0, microsecond=0)
+    since = until - timedelta(days=30)
+
+    def grafana(t: datetime) -> str:
+        return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+    resp = httpx.get(
+        api.url + "/api/v1/dashboard/timeline",
+        params={"bucket": "1d", "since": grafana(since), "until": grafana(until)},
+        timeout=10,
+    )
+    assert resp.status_code == 200, resp.text
+    points = resp.json()["points"]
+    assert len(points) == 31
+    assert all(isinstance(p["total"], int) and p["t"].endswith("Z") for p in points)
+    want = raw_counts(db, timedelta(days=1), since, until, None, None)
+    assert sum(p["total"] for p in points) == sum(want.values())
+    # a range the API will not answer explains itself in a JSON body Grafana shows
+    too_long = httpx.get(
+        api.url + "/api/v1/dashboard/timeline",
+        params={"bucket": "1m", "since": grafana(since), "until": grafana(until)},
+        timeout=10,
+    )
+    assert too_long.status_code == 422 and "bucket" in too_long.json()["message"]
