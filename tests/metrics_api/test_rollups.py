@@ -1,16 +1,22 @@
 """Every timeline and corrections answer equals a GROUP BY over the raw rows, whatever the
-range, bucket and filters, and however late the rows arrive (plain PostgreSQL path).
+range, bucket and filters, and however late the rows arrive — on plain PostgreSQL, and on
+TimescaleDB where `BRIDGE_TEST_TIMESCALE_DSN` points at a server that has it (an admin DSN:
+the test creates and drops its own database there).
 
 Rows go in through the ETL worker's own load statement (staging table → INSERT … ON
-CONFLICT DO NOTHING → per-minute upsert; the hour and day rollups follow by trigger), in
-random order over 40 days — into hours and days long settled — and some batches twice, as
-a replay after a crash would. The API runs with its caches off, so every answer comes from
-the planner's rollup reads.
+CONFLICT DO NOTHING → per-minute upsert, whose triggers move hours, days and totals; on
+TimescaleDB the hypertable insert, then the worker's bottom-up refresh of the six
+aggregates), in random order over 40 days — into hours and days long settled — and some
+batches twice, as a replay after a crash would. The API runs with its caches off, so
+every answer comes from the planner's rollup reads.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +30,7 @@ from psycopg.types.json import Jsonb
 
 from tests.etl_worker.audit import rollup_mismatches
 from tests.metrics_api.seed import ensure_partitions
+from tests.support import infra
 
 SEV = ("debug", "info", "warning", "error", "critical")
 ACTIONS = ("intent.created", "intent.corrected", "login")
@@ -43,13 +50,77 @@ LONGEST = {"1m": 1440, "5m": 4000, "15m": 4800, "1h": 24 * 60 * 40, "1d": 24 * 6
 _ids = [0]
 
 
+#: the continuous aggregates bottom-up with their bucket widths (Timescale path)
+AGGREGATES = (
+    ("audit_logs_1m", timedelta(minutes=1)),
+    ("audit_logs_1h", timedelta(hours=1)),
+    ("audit_logs_1d", timedelta(days=1)),
+    ("audit_totals_1m", timedelta(minutes=1)),
+    ("audit_totals_1h", timedelta(hours=1)),
+    ("audit_totals_1d", timedelta(days=1)),
+)
+
+
+def _timescale_admin() -> str:
+    admin = os.environ.get("BRIDGE_TEST_TIMESCALE_DSN", "")
+    if not admin:
+        pytest.skip("BRIDGE_TEST_TIMESCALE_DSN is not set (a PostgreSQL with TimescaleDB)")
+    try:
+        with psycopg.connect(admin, connect_timeout=3) as conn:
+            have = conn.execute(
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+            ).fetchone()
+    except psycopg.Error as exc:
+        pytest.skip(f"BRIDGE_TEST_TIMESCALE_DSN does not answer: {str(exc).strip()}")
+    if not have:
+        pytest.skip("BRIDGE_TEST_TIMESCALE_DSN has no timescaledb extension")
+    return admin
+
+
+@pytest.fixture(scope="module", params=["plain", "timescale"])
+def target(request: pytest.FixtureRequest, migrated_dsn: str) -> Iterator[tuple[str, str]]:
+    """(path, DSN) of the target database: the module's own (plain), or a database created
+    on the TimescaleDB server."""
+    if request.param == "plain":
+        yield "plain", migrated_dsn
+        return
+    from bridge_common import migrate
+
+    admin = _timescale_admin()
+    name = infra.unique_name("bt", "rollups_timescale")
+    dsn = infra.create_database(admin, name)
+    try:
+
+        async def go() -> None:
+            await migrate.apply(dsn, "source")
+            await migrate.apply(dsn, "target")
+
+        asyncio.run(go())
+        yield "timescale", dsn
+    finally:
+        infra.drop_database(admin, name)
+
+
 @pytest.fixture(scope="module")
-def api_env(migrated_dsn: str, bridge_env: dict[str, str]) -> dict[str, str]:
+def api_env(target: tuple[str, str], bridge_env: dict[str, str]) -> dict[str, str]:
     return {
         **bridge_env,
+        "BRIDGE_SOURCE_DSN": target[1],
+        "BRIDGE_TARGET_DSN": target[1],
         "BRIDGE_METRICS_CACHE_TTL": "0",
         "BRIDGE_METRICS_BUCKET_CACHE_TTL": "0",
     }
+
+
+@pytest.fixture(scope="module")
+def db(target: tuple[str, str]) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(target[1], autocommit=True) as conn:
+        yield conn
+
+
+def _timescale(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+    return bool(row and row[0])
 
 
 def load(conn: psycopg.Connection[Any], rows: list[tuple[datetime, str, str]]) -> int:
@@ -65,15 +136,23 @@ def replay(conn: psycopg.Connection[Any], batch: list[tuple[Any, ...]]) -> int:
     if not batch:
         return 0
     days = sorted(r[1].date() for r in batch)
-    ensure_partitions(conn, days[0], days[-1])
+    timescale = _timescale(conn)
+    if not timescale:
+        ensure_partitions(conn, days[0], days[-1])
     with conn.transaction():
         conn.execute(sink._STAGE_DDL)
         with conn.cursor() as cur:
             with cur.copy(sink._COPY) as copy:
                 for row in batch:
                     copy.write_row(row)
-            rec = cur.execute(sink._LOAD_PLAIN).fetchone()
+            rec = cur.execute(sink._LOAD_TIMESCALE if timescale else sink._LOAD_PLAIN).fetchone()
     assert rec is not None
+    if timescale and rec[1] is not None:
+        # what the worker does for late rows (sink.flush_refresh): every level, bottom-up
+        for name, width in AGGREGATES:
+            lo = ORIGIN + (rec[2] - ORIGIN) // width * width
+            hi = ORIGIN + ((rec[1] - ORIGIN) // width + 1) * width
+            conn.execute("CALL refresh_continuous_aggregate(%s, %s, %s)", (name, lo, hi))
     return int(rec[0])
 
 
