@@ -63,10 +63,14 @@ FROM audit_totals_1h
 GROUP BY 1
 WITH NO DATA;
 
--- each level refreshes a window reaching further back than the one below it, after it
+-- each level refreshes a window reaching further back than the one below it. Hours are
+-- refreshed every minute like the minutes (incremental: only invalidated buckets), so a
+-- row a few hours late shows in the hours within about two minutes; days are materialised
+-- only once they ended more than a day ago, and rows that late get the worker's explicit
+-- refresh of every level (sink.flush_refresh).
 SELECT add_continuous_aggregate_policy('audit_logs_1h',
     start_offset => INTERVAL '3 days', end_offset => INTERVAL '1 hour',
-    schedule_interval => INTERVAL '5 minutes', if_not_exists => TRUE);
+    schedule_interval => INTERVAL '1 minute', if_not_exists => TRUE);
 SELECT add_continuous_aggregate_policy('audit_logs_1d',
     start_offset => INTERVAL '5 days', end_offset => INTERVAL '1 day',
     schedule_interval => INTERVAL '1 hour', if_not_exists => TRUE);
@@ -76,7 +80,7 @@ SELECT add_continuous_aggregate_policy('audit_totals_1m',
     schedule_interval => INTERVAL '1 minute', if_not_exists => TRUE);
 SELECT add_continuous_aggregate_policy('audit_totals_1h',
     start_offset => INTERVAL '3 days', end_offset => INTERVAL '1 hour',
-    schedule_interval => INTERVAL '5 minutes', if_not_exists => TRUE);
+    schedule_interval => INTERVAL '1 minute', if_not_exists => TRUE);
 SELECT add_continuous_aggregate_policy('audit_totals_1d',
     start_offset => INTERVAL '5 days', end_offset => INTERVAL '1 day',
     schedule_interval => INTERVAL '1 hour', if_not_exists => TRUE);
