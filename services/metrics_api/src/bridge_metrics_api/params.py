@@ -71,13 +71,15 @@ TIMELINE_PARAMS = (
     Param(
         "since",
         "Start (inclusive), ISO 8601 with a time zone (`Z` or `±hh:mm`). Default: `until` "
-        "minus 1 h (1m), 6 h (5m), 24 h (15m), 7 d (1h), 90 d (1d).",
+        "minus 1 h (1m), 6 h (5m), 24 h (15m), 7 d (1h), 90 d (1d). Not before the "
+        "rollups' retention (`beyond_retention`).",
         _TIME_SCHEMA,
     ),
     Param(
         "until",
         f"End (exclusive), ISO 8601 with a time zone. Default: now. At most {MAX_POINTS} "
-        "buckets between `since` and `until`.",
+        f"buckets between `since` and `until`, and at most {planner.MAX_ROLLUP_BUCKETS} "
+        "rollup buckets read (about 3 d 11 h of `1m`, `5m` or `15m` buckets).",
         _TIME_SCHEMA,
     ),
     Param(
