@@ -1,13 +1,14 @@
 """Audit figures from the target database: windows, timeline, corrections.
 
-Counts come from the rollups per minute, hour and day (`audit_logs_1m/1h/1d`: tables kept
-by the ETL on plain PostgreSQL, hierarchical real-time continuous aggregates on
-TimescaleDB — same columns), read as `planner` cuts each range: the coarsest exact level
+Counts come from the rollups per minute, hour and day — per action and severity
+(`audit_logs_1m/1h/1d`) and for all actions (`audit_totals_1m/1h/1d`); tables kept in the
+ETL's load transaction on plain PostgreSQL, hierarchical real-time continuous aggregates
+on TimescaleDB, same columns — read as `planner` cuts each range: the coarsest exact level
 in the middle, finer ones at the edges. Never a scan of raw rows, and a bounded number of
 rollup buckets per request, so answers cost the same at 10 or 100 million rows and for a
-day or 90 days. Only the list of the
-latest corrections reads `audit_logs_ts`, through its `(action, created_at DESC)` index and
-a LIMIT. Every statement is a constant; user values are bind parameters.
+day or 90 days. Only the list of the latest corrections reads `audit_logs_ts`, through its
+`(action, created_at DESC)` index and a LIMIT. Every statement is a constant; user values
+are bind parameters.
 """
 
 from __future__ import annotations
