@@ -64,23 +64,56 @@ def target_sum(dsn: str, where: str = "") -> tuple[int, str]:
         return int(row[0]), str(row[1])
 
 
+#: each rollup level and its bucket width
+ROLLUP_LEVELS = (
+    ("audit_logs_1m", "1 minute"),
+    ("audit_logs_1h", "1 hour"),
+    ("audit_logs_1d", "1 day"),
+)
+
+
 def rollup_mismatches(dsn: str) -> list[Any]:
-    """Rows where audit_logs_1m differs from a GROUP BY over audit_logs_ts (empty = equal)."""
+    """Rows where a rollup (per action and severity, or the all-actions totals; per
+    minute, hour, day) differs from a GROUP BY over audit_logs_ts (empty = all equal)."""
+    out: list[Any] = []
     with psycopg.connect(dsn) as conn:
-        return conn.execute(
-            """
-            WITH truth AS (
-                SELECT date_trunc('minute', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-                       AS bucket, action, severity, count(*) AS events
-                FROM audit_logs_ts GROUP BY 1, 2, 3
-            )
-            SELECT coalesce(t.bucket, r.bucket), coalesce(t.action, r.action),
-                   coalesce(t.severity, r.severity), t.events, r.events
-            FROM truth t FULL JOIN audit_logs_1m r
-              ON (t.bucket, t.action, t.severity) = (r.bucket, r.action, r.severity)
-            WHERE t.events IS DISTINCT FROM r.events
-            """
-        ).fetchall()
+        for table, width in ROLLUP_LEVELS:
+            out += conn.execute(
+                f"""
+                WITH truth AS (
+                    SELECT date_bin('{width}', created_at, timestamptz '2000-01-01 00:00:00+00')
+                           AS bucket, action, severity, count(*) AS events
+                    FROM audit_logs_ts GROUP BY 1, 2, 3
+                )
+                SELECT '{table}', coalesce(t.bucket, r.bucket), coalesce(t.action, r.action),
+                       coalesce(t.severity, r.severity), t.events, r.events
+                FROM truth t FULL JOIN {table} r
+                  ON (t.bucket, t.action, t.severity) = (r.bucket, r.action, r.severity)
+                WHERE t.events IS DISTINCT FROM r.events
+                """  # noqa: S608 - constant table names
+            ).fetchall()
+        for level, width in (("1m", "1 minute"), ("1h", "1 hour"), ("1d", "1 day")):
+            out += conn.execute(
+                f"""
+                WITH truth AS (
+                    SELECT date_bin('{width}', created_at, timestamptz '2000-01-01 00:00:00+00')
+                           AS bucket,
+                           count(*) FILTER (WHERE severity = 'debug') AS debug,
+                           count(*) FILTER (WHERE severity = 'info') AS info,
+                           count(*) FILTER (WHERE severity = 'warning') AS warning,
+                           count(*) FILTER (WHERE severity = 'error') AS error,
+                           count(*) FILTER (WHERE severity = 'critical') AS critical
+                    FROM audit_logs_ts GROUP BY 1
+                )
+                SELECT 'audit_totals_{level}', coalesce(t.bucket, r.bucket),
+                       (t.debug, t.info, t.warning, t.error, t.critical),
+                       (r.debug, r.info, r.warning, r.error, r.critical)
+                FROM truth t FULL JOIN audit_totals_{level} r ON t.bucket = r.bucket
+                WHERE (t.debug, t.info, t.warning, t.error, t.critical)
+                      IS DISTINCT FROM (r.debug, r.info, r.warning, r.error, r.critical)
+                """  # noqa: S608 - constant table names
+            ).fetchall()
+    return out
 
 
 def publish_rows(redis_url: str, namespace: str, dsn: str, where: str = "") -> int:

@@ -70,8 +70,11 @@ def test_partitions_ahead_on_demand_and_retention(spawn, etl_env, clean) -> None
     assert target_sum(clean) == source_sum(clean, "WHERE created_at > now() - interval '5 days'")
     assert target_sum(clean)[0] == 300
     with psycopg.connect(clean) as conn:
-        ancient = conn.execute("SELECT count(*) FROM audit_logs_1m WHERE action = 'ancient'")
-        assert ancient.fetchone() == (0,)
+        for rollup in ("audit_logs_1m", "audit_logs_1h", "audit_logs_1d"):
+            ancient = conn.execute(
+                f"SELECT count(*) FROM {rollup} WHERE action = 'ancient'"  # noqa: S608
+            )
+            assert ancient.fetchone() == (0,), rollup
     assert rollup_mismatches(clean) == []
 
 

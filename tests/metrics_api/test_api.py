@@ -337,11 +337,48 @@ def test_timeline_empty_range_has_every_bucket(api, seeded) -> None:
         api,
         "/api/v1/dashboard/timeline",
         bucket="15m",
-        since="2025-01-01T00:00:00Z",
-        until="2025-01-01T01:00:00Z",
+        since="2026-01-01T00:00:00Z",
+        until="2026-01-01T01:00:00Z",
     ).json()
     assert [p["total"] for p in body["points"]] == [0, 0, 0, 0]
     assert body["totals"]["total"] == 0
+
+
+@pytest.mark.parametrize("path", ["timeline", "corrections"])
+def test_ranges_beyond_the_rollup_retention_say_so(api, path) -> None:
+    resp = get(
+        api,
+        f"/api/v1/dashboard/{path}",
+        since="2024-01-01T00:00:00Z",
+        until="2024-01-02T00:00:00Z",
+    )
+    assert resp.status_code == 422
+    body = resp.json()
+    assert body["error"] == "beyond_retention" and body["parameter"] == "since"
+    oldest = datetime.fromisoformat(body["oldest"])
+    assert abs(oldest - (datetime.now(UTC) - timedelta(days=400))) < timedelta(minutes=5)
+    assert "400 days" in body["message"]
+
+
+def test_minute_buckets_over_days_are_refused_by_the_rollup_bound(api) -> None:
+    resp = get(
+        api,
+        "/api/v1/dashboard/timeline",
+        bucket="15m",
+        since="2026-10-01T00:00:00Z",
+        until="2026-10-10T00:00:00Z",
+    )
+    assert resp.status_code == 422
+    assert resp.json()["parameter"] == "since" and "rollup buckets" in resp.json()["message"]
+    # the same days per hour read hours, not minutes
+    ok = get(
+        api,
+        "/api/v1/dashboard/timeline",
+        bucket="1h",
+        since="2026-10-01T00:00:00Z",
+        until="2026-10-10T00:00:00Z",
+    )
+    assert ok.status_code == 200 and len(ok.json()["points"]) == 9 * 24
 
 
 def test_timeline_defaults_to_the_last_hour_per_minute(api, seeded) -> None:
@@ -399,13 +436,13 @@ def test_corrections_empty(api, seeded) -> None:
     body = get(
         api,
         "/api/v1/dashboard/corrections",
-        since="2025-06-01T00:00:00Z",
-        until="2025-06-01T02:00:00Z",
+        since="2026-06-01T00:00:00Z",
+        until="2026-06-01T02:00:00Z",
     ).json()
     assert body["total"] == 0 and body["latest"] == []
     assert body["per_hour"] == [
-        {"t": "2025-06-01T00:00:00Z", "count": 0},
-        {"t": "2025-06-01T01:00:00Z", "count": 0},
+        {"t": "2026-06-01T00:00:00Z", "count": 0},
+        {"t": "2026-06-01T01:00:00Z", "count": 0},
     ]
 
 

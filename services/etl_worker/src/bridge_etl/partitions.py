@@ -1,6 +1,6 @@
 """Daily partitions of `audit_logs_ts` on the plain-PostgreSQL path: created ahead and on
-demand for the days a batch touches, dropped once past the retention; the rollup and the
-reject log are pruned on the same schedule."""
+demand for the days a batch touches, dropped once past the retention; the per-minute,
+per-hour and per-day rollups and the reject log are pruned on the same schedule."""
 
 from __future__ import annotations
 
@@ -17,6 +17,15 @@ from psycopg_pool import AsyncConnectionPool
 log = get_logger(__name__)
 
 PARENT = "audit_logs_ts"
+#: the rollup tables, pruned on their own schedule (triggers do not propagate DELETE)
+ROLLUPS = (
+    "audit_logs_1m",
+    "audit_logs_1h",
+    "audit_logs_1d",
+    "audit_totals_1m",
+    "audit_totals_1h",
+    "audit_totals_1d",
+)
 _NAME_RE = re.compile(r"^audit_logs_ts_p(\d{8})$")
 #: serialises partition DDL between workers (pg_advisory_xact_lock key)
 _DDL_LOCK = 0x6574_6C70  # "etlp"
@@ -116,11 +125,14 @@ class Partitions:
                     if day < keep_from:
                         await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
                         dropped.append(day)
-                await conn.execute(
-                    "DELETE FROM audit_logs_1m"
-                    " WHERE bucket < %s::timestamptz - make_interval(days => %s)",
-                    (now, self.rollup_retention_days),
-                )
+                for rollup in ROLLUPS:
+                    await conn.execute(
+                        sql.SQL(
+                            "DELETE FROM {} WHERE bucket < %s::timestamptz"
+                            " - make_interval(days => %s)"
+                        ).format(sql.Identifier(rollup)),
+                        (now, self.rollup_retention_days),
+                    )
         await self.prune_rejects(now)
         self._known.difference_update(dropped)
         if dropped:

@@ -5,9 +5,11 @@ transaction.
 
 Guarantee: a row is stored at most once (the key `(source_id, created_at)`), the rollup
 counts each stored row exactly once (replays insert nothing, so they count nothing), and
-the rejects of a batch are recorded in the same transaction. Callers acknowledge their
-input (XACK, watermark) only after `load` returns, so a crash at any point replays the
-batch with the same effect: exactly-once in effect, at-least-once in delivery.
+the rejects of a batch are recorded in the same transaction. The per-hour and per-day
+rollups follow the per-minute one: statement triggers on `audit_logs_1m` (migration 0004)
+add the same deltas in the same statement. Callers acknowledge their input (XACK,
+watermark) only after `load` returns, so a crash at any point replays the batch with the
+same effect: exactly-once in effect, at-least-once in delivery.
 """
 
 from __future__ import annotations
@@ -116,6 +118,17 @@ SOURCE_LEFTOVERS = """
       AND created_at >= %(cutoff)s
       AND NOT (jsonb_typeof(details) = 'object' AND severity = ANY(%(severities)s))
     ORDER BY id"""
+
+#: the continuous aggregates (Timescale path), each refreshed from the one before it
+_AGGREGATES = (
+    ("audit_logs_1m", timedelta(minutes=1)),
+    ("audit_logs_1h", timedelta(hours=1)),
+    ("audit_logs_1d", timedelta(days=1)),
+    ("audit_totals_1m", timedelta(minutes=1)),
+    ("audit_totals_1h", timedelta(hours=1)),
+    ("audit_totals_1d", timedelta(days=1)),
+)
+_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 
 #: errors worth retrying the same batch for (the database, not the data)
 _TRANSIENT = (
@@ -395,14 +408,16 @@ class Sink:
         if self._refresh is None:
             return
         lo, hi = self._refresh
-        lo = lo.replace(second=0, microsecond=0)
-        hi = hi.replace(second=0, microsecond=0) + timedelta(minutes=1)
         async with self.pool.connection() as conn:
             await conn.set_autocommit(True)
             try:
-                await conn.execute(
-                    "CALL refresh_continuous_aggregate('audit_logs_1m', %s, %s)", (lo, hi)
-                )
+                # bottom up: each level is refreshed from the one below, over whole buckets
+                for name, width in _AGGREGATES:
+                    start, end = _ORIGIN + (lo - _ORIGIN) // width * width, hi
+                    end = _ORIGIN + ((end - _ORIGIN) // width + 1) * width
+                    await conn.execute(
+                        "CALL refresh_continuous_aggregate(%s, %s, %s)", (name, start, end)
+                    )
             finally:
                 await conn.set_autocommit(False)
         self._refresh = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bridge_common.events import dumps
@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 
 from . import audit, live, params
 from .cache import SettledBuckets, SingleFlight
-from .errors import InvalidParameter, MetricsApiError
+from .errors import BeyondRetention, InvalidParameter, MetricsApiError
 from .openapi import openapi_document
 from .overview import Sources, collect
 
@@ -51,6 +51,8 @@ def error_response(exc: MetricsApiError) -> Response:
             "message": exc.message,
             "detail": [{"loc": ["query", exc.parameter], "msg": exc.message}],
         }
+        if isinstance(exc, BeyondRetention):
+            body["oldest"] = audit.iso(exc.oldest)
     return json_response(body, exc.status)
 
 
@@ -62,9 +64,16 @@ class MetricsApi:
     """Route handlers over one set of sources."""
 
     def __init__(
-        self, sources: Sources, *, overview_ttl: float = 1.0, bucket_ttl: float = 30.0
+        self,
+        sources: Sources,
+        *,
+        overview_ttl: float = 1.0,
+        bucket_ttl: float = 30.0,
+        retention: timedelta | None = None,
     ) -> None:
         self.src = sources
+        #: how far back the rollups keep counts; older ranges are refused
+        self.retention = retention
         self.overview_cache: SingleFlight[bytes] = SingleFlight(overview_ttl)
         self.buckets = SettledBuckets(bucket_ttl)
 
@@ -104,13 +113,15 @@ class MetricsApi:
 
     async def timeline(self, request: Request) -> Any:
         now = datetime.now(UTC)
-        q = params.timeline_query(request.query_params, _names(request), now)
+        q = params.timeline_query(request.query_params, _names(request), now, self.retention)
         return await self.src.bounded(
             "target database", audit.timeline(self.src.target_pool, q, self.buckets, now)
         )
 
     async def corrections(self, request: Request) -> Any:
-        q = params.corrections_query(request.query_params, _names(request), datetime.now(UTC))
+        q = params.corrections_query(
+            request.query_params, _names(request), datetime.now(UTC), self.retention
+        )
         return await self.src.bounded("target database", audit.corrections(self.src.target_pool, q))
 
     async def services(self, request: Request) -> Any:

@@ -93,7 +93,11 @@ def render(doc: dict[str, Any] | None = None) -> str:
         ),
         "```",
         "",
-        f"Fields: {', '.join(f'`{k}`' for k in err['properties'])}. A database that does not "
+        f"Fields: {', '.join(f'`{k}`' for k in err['properties'])}. A range that starts "
+        "before the rollups' retention (`BRIDGE_METRICS_ROLLUP_RETENTION_DAYS`, 400 days by "
+        "default) answers `422` with `error` `beyond_retention`, naming `since` (or `until` "
+        "when `since` was left to its default) and giving `oldest`, the oldest time "
+        "answered. A database that does not "
         'answer in time gives `503` `{"error": "unavailable", "message": …}`; the '
         "overview instead answers `200` with that part `null` and the reason in `errors`.",
     ]

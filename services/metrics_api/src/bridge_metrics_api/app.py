@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from bridge_common.service import Service
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -31,6 +33,7 @@ def add_routes(app: Starlette, settings: Settings, sources: Sources, svc: Servic
                 sources,
                 overview_ttl=settings.overview_cache_ttl,
                 bucket_ttl=settings.bucket_cache_ttl,
+                retention=timedelta(days=settings.rollup_retention_days),
             ).routes(),
             *Dashboard(settings).routes(),
             *svc.health_routes(),

@@ -1,10 +1,14 @@
 """Audit figures from the target database: windows, timeline, corrections.
 
-Counts come from the per-minute aggregate `audit_logs_1m` (a rollup table on plain
-PostgreSQL, a real-time continuous aggregate on TimescaleDB — same columns), never from a
-scan of raw rows, so answers cost the same at 10 or 100 million rows. Only the list of the
-latest corrections reads `audit_logs_ts`, through its `(action, created_at DESC)` index and
-a LIMIT. Every statement is a constant; user values are bind parameters.
+Counts come from the rollups per minute, hour and day — per action and severity
+(`audit_logs_1m/1h/1d`) and for all actions (`audit_totals_1m/1h/1d`); tables kept in the
+ETL's load transaction on plain PostgreSQL, hierarchical real-time continuous aggregates
+on TimescaleDB, same columns — read as `planner` cuts each range: the coarsest exact level
+in the middle, finer ones at the edges. Never a scan of raw rows, and a bounded number of
+rollup buckets per request, so answers cost the same at 10 or 100 million rows and for a
+day or 90 days. Only the list of the latest corrections reads `audit_logs_ts`, through its
+`(action, created_at DESC)` index and a LIMIT. Every statement is a constant; user values
+are bind parameters.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from typing import Any
 from bridge_common.events import dumps
 from psycopg_pool import AsyncConnectionPool
 
+from . import planner
 from .cache import Settled, SettledBuckets
-from .params import ORIGIN, SEVERITIES, CorrectionsQuery, TimelineQuery, floor_to
+from .params import SEVERITIES, CorrectionsQuery, TimelineQuery
+from .planner import HOUR, ORIGIN, floor_to
 
 CORRECTION_ACTION = "intent.corrected"
 ERROR_SEVERITIES = ("error", "critical")
@@ -29,44 +35,51 @@ WINDOWS: dict[str, timedelta] = {
 }
 
 # A minute bucket belongs to the window "last N" when it starts after now − N: at 17:34:30
-# the 5-minute window holds the buckets 17:30 … 17:34.
-_WINDOWS_SQL = """
-SELECT severity,
-       coalesce(sum(events) FILTER (WHERE bucket > %(now)s - interval '5 minutes'), 0)::bigint,
-       coalesce(sum(events) FILTER (WHERE bucket > %(now)s - interval '1 hour'), 0)::bigint,
-       coalesce(sum(events), 0)::bigint,
-       coalesce(sum(events) FILTER (WHERE bucket > %(now)s - interval '1 hour'
-                                      AND action = 'intent.corrected'), 0)::bigint
-FROM audit_logs_1m
-WHERE bucket > %(now)s - interval '24 hours' AND bucket <= %(now)s
-GROUP BY severity
+# the 5-minute window holds the buckets 17:30 … 17:34. The last hour comes from minutes; the
+# 24 h window from the planner's slots (hours, minutes at both edges).
+_LAST_HOUR_SQL = """
+SELECT bucket, debug, info, warning, error, critical
+FROM audit_totals_1m
+WHERE bucket > %(now)s - interval '1 hour' AND bucket <= %(now)s
 """
+_CORRECTIONS_1H_SQL = """
+SELECT coalesce(sum(events), 0)::bigint
+FROM audit_logs_1m
+WHERE action = 'intent.corrected' AND bucket > %(now)s - interval '1 hour' AND bucket <= %(now)s
+"""
+_SUMS = ", ".join(f"coalesce(sum({s}), 0)::bigint" for s in SEVERITIES)
+_TOTALS_SQL = f"""
+SELECT {_SUMS}
+FROM (
+    {planner.union_sql(per_action=False)}
+) AS r
+"""  # noqa: S608 - constant text, values are bind parameters
 
-# Four constant statements instead of one with "(param IS NULL OR …)": each keeps a plan
-# that uses the right index once psycopg prepares it.
-_TIMELINE_SELECT = """
-SELECT date_bin(%(width)s, bucket, %(origin)s) AS t, severity, sum(events)::bigint
-FROM audit_logs_1m
-WHERE bucket >= %(since)s AND bucket < %(until)s{extra}
-GROUP BY 1, 2
-ORDER BY 1
-"""
+# One constant statement per rollup family, each answering (t, debug … critical): the
+# totals sum their columns, the per-action rows are pivoted by severity.
 _TIMELINE_SQL = {
-    (False, False): _TIMELINE_SELECT.format(extra=""),
-    (True, False): _TIMELINE_SELECT.format(extra=" AND action = %(action)s"),
-    (False, True): _TIMELINE_SELECT.format(extra=" AND severity = ANY(%(severities)s)"),
-    (True, True): _TIMELINE_SELECT.format(
-        extra=" AND action = %(action)s AND severity = ANY(%(severities)s)"
-    ),
-}
-
-_CORRECTIONS_PER_HOUR_SQL = """
-SELECT date_bin(interval '1 hour', bucket, %(origin)s) AS t, sum(events)::bigint
-FROM audit_logs_1m
-WHERE action = 'intent.corrected' AND bucket >= %(since)s AND bucket < %(until)s
+    False: f"""
+SELECT date_bin(%(width)s, bucket, %(origin)s) AS t, {_SUMS}
+FROM (
+    {planner.union_sql(per_action=False)}
+) AS r
 GROUP BY 1
 ORDER BY 1
-"""
+""",  # noqa: S608 - constant text, values are bind parameters
+    True: """
+SELECT date_bin(%(width)s, bucket, %(origin)s) AS t, {pivot}
+FROM (
+    {union}
+) AS r
+GROUP BY 1
+ORDER BY 1
+""".format(
+        pivot=", ".join(
+            f"coalesce(sum(events) FILTER (WHERE severity = '{s}'), 0)::bigint" for s in SEVERITIES
+        ),
+        union=planner.union_sql(per_action=True),
+    ),
+}
 
 _LATEST_CORRECTIONS_SQL = """
 SELECT source_id, created_at, intent_id, actor, severity, details
@@ -117,14 +130,24 @@ class AuditWindows:
 async def windows(pool: AsyncConnectionPool, now: datetime) -> AuditWindows:
     """Events by severity over the last 5 min / 1 h / 24 h, and corrections in the last hour."""
     out = {name: WindowCounts() for name in WINDOWS}
-    corrections = 0
+    # the minutes (now − 24 h, now]: whole minutes starting in [now − 24 h + 1 µs, now + 1 µs)
+    tick = timedelta(microseconds=1)
+    day = planner.plan(now - WINDOWS["24h"] + tick, now + tick, None)
+    five = now - WINDOWS["5m"]
     async with pool.connection() as conn:
-        cur = await conn.execute(_WINDOWS_SQL, {"now": now})
-        for severity, e5, e1h, e24, c1h in await cur.fetchall():
-            out["5m"].add(severity, int(e5))
-            out["1h"].add(severity, int(e1h))
-            out["24h"].add(severity, int(e24))
-            corrections += int(c1h)
+        cur = await conn.execute(_LAST_HOUR_SQL, {"now": now})
+        for bucket, *counts in await cur.fetchall():
+            for severity, n in zip(SEVERITIES, counts, strict=True):
+                out["1h"].add(severity, int(n))
+                if bucket > five:
+                    out["5m"].add(severity, int(n))
+        cur = await conn.execute(_CORRECTIONS_1H_SQL, {"now": now})
+        row = await cur.fetchone()
+        corrections = int(row[0]) if row else 0
+        cur = await conn.execute(_TOTALS_SQL, day.params())
+        row = await cur.fetchone()
+        for severity, n in zip(SEVERITIES, row or (), strict=False):
+            out["24h"].add(severity, int(n))
     return AuditWindows(windows=out, corrections_1h=corrections)
 
 
@@ -178,23 +201,24 @@ async def timeline(
     missing = [x for x in singles if x not in cached]
     fresh: dict[int, dict[str, int]] = {n: dict.fromkeys(severities, 0) for n in missing}
     if missing:
-        sql = _TIMELINE_SQL[(q.action is not None, q.severities is not None)]
+        sql = _TIMELINE_SQL[q.action is not None]
         async with pool.connection() as conn:
             for lo_t, hi_t in _spans(missing, width, q.since, q.until):
                 args: dict[str, Any] = {
                     "width": width,
                     "origin": ORIGIN,
-                    "since": lo_t,
-                    "until": hi_t,
                     "action": q.action,
                     "severities": q.severities,
+                    **planner.plan(lo_t, hi_t, width).params(),
                 }
                 cur = await conn.execute(sql, args)
-                for t, severity, count in await cur.fetchall():
+                for t, *by_severity in await cur.fetchall():
                     point = fresh.get((t - ORIGIN) // width)
-                    if point is None or severity not in point:
-                        continue  # cached already, or a severity outside the known five
-                    point[severity] += int(count)
+                    if point is None:
+                        continue  # cached already
+                    for severity, n in zip(SEVERITIES, by_severity, strict=True):
+                        if severity in point:
+                            point[severity] += int(n)
     counts: list[tuple[int, ...]] = []
     frags: list[bytes] = []
     new: dict[int, Settled] = {}
@@ -253,19 +277,26 @@ def _spans(
 
 
 async def corrections(pool: AsyncConnectionPool, q: CorrectionsQuery) -> dict[str, Any]:
-    """Corrections per hour (from the aggregate) and the latest ones (from the rows)."""
-    args = {"since": q.since, "until": q.until, "limit": q.limit, "origin": ORIGIN}
+    """Corrections per hour (from the rollups) and the latest ones (from the rows)."""
+    args = {"since": q.since, "until": q.until, "limit": q.limit}
+    per_hour = {
+        "width": HOUR,
+        "origin": ORIGIN,
+        "action": CORRECTION_ACTION,
+        "severities": None,
+        **planner.plan(q.since, q.until, HOUR).params(),
+    }
     async with pool.connection() as conn:
-        cur = await conn.execute(_CORRECTIONS_PER_HOUR_SQL, args)
+        cur = await conn.execute(_TIMELINE_SQL[True], per_hour)
         per_hour_rows = await cur.fetchall()
         cur = await conn.execute(_LATEST_CORRECTIONS_SQL, args)
         latest_rows = await cur.fetchall()
-    counts = {t: int(n) for t, n in per_hour_rows}
+    counts = {t: sum(int(n) for n in by_severity) for t, *by_severity in per_hour_rows}
     hours = []
-    t = ORIGIN + ((q.since - ORIGIN) // timedelta(hours=1)) * timedelta(hours=1)
+    t = floor_to(q.since, HOUR)
     while t < q.until:
         hours.append({"t": iso(t), "count": counts.get(t, 0)})
-        t += timedelta(hours=1)
+        t += HOUR
     return {
         "since": iso(q.since),
         "until": iso(q.until),

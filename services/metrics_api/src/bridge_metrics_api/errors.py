@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 
 class MetricsApiError(Exception):
     code = "internal"
@@ -18,6 +20,21 @@ class InvalidParameter(MetricsApiError):
         super().__init__(f"{parameter}: {message}")
         self.parameter = parameter
         self.message = message
+
+
+class BeyondRetention(InvalidParameter):
+    """A range starting before the oldest counts the rollups keep (HTTP 422)."""
+
+    code = "beyond_retention"
+
+    def __init__(self, parameter: str, oldest: datetime, retention: timedelta) -> None:
+        stamp = oldest.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        super().__init__(
+            parameter,
+            f"before the retention of the audit rollups ({retention.days} days): the oldest "
+            f"time answered is {stamp}",
+        )
+        self.oldest = oldest
 
 
 class Unavailable(MetricsApiError):

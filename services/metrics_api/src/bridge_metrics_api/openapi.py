@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from . import params
+from . import params, planner
 
 _INT = {"type": "integer"}
 _NUM = {"type": "number"}
@@ -221,10 +221,19 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["error", "parameter", "message"],
         "properties": {
-            "error": {"type": "string", "const": "invalid_parameter"},
+            "error": {
+                "type": "string",
+                "enum": ["invalid_parameter", "beyond_retention"],
+                "description": "`beyond_retention`: the range starts before the oldest counts "
+                "the rollups keep",
+            },
             "parameter": {"type": "string", "description": "the query parameter at fault"},
             "message": {"type": "string"},
             "detail": {"type": "array", "items": {"type": "object"}},
+            "oldest": {
+                **_TIME,
+                "description": "`beyond_retention` only: the oldest time answered",
+            },
         },
     },
     "Error": {
@@ -261,7 +270,11 @@ def _get(
             ],
             "responses": {
                 "200": _json("OK", schema),
-                "422": _json("A parameter is invalid, unknown or repeated", "InvalidParameter"),
+                "422": _json(
+                    "A parameter is invalid, unknown or repeated, or the range lies beyond "
+                    "the retention",
+                    "InvalidParameter",
+                ),
                 "503": _json("A database did not answer in time", "Error"),
             },
         }
@@ -283,22 +296,31 @@ def openapi_document() -> dict[str, Any]:
             "/api/v1/dashboard/overview": _get(
                 "Overview",
                 "Intents by status; audit events and error rate over the last 5 min, 1 h "
-                "and 24 h (per-minute aggregate); corrections in the last hour; live gateway "
+                "and 24 h (rollups: the last hour from minutes, 24 h from hours with minutes "
+                "at the edges); corrections in the last hour; live gateway "
                 "connections summed over every gateway; notifier lag and outbox backlog; "
                 "ETL lag; services up/down; firing alerts.",
                 "Overview",
             ),
             "/api/v1/dashboard/timeline": _get(
                 "Audit events per bucket, by severity",
-                "Read from the per-minute aggregate `audit_logs_1m`. A minute counts when "
-                "its start lies in [since, until).",
+                "A minute counts when its start lies in [since, until). Counted from the "
+                "rollups per UTC minute, hour and day: days in the middle of the range, hours "
+                "beside them, minutes at the edges, each only where its buckets nest in the "
+                "answer's (hours for `1h`/`1d`, days for `1d`); without `action` from the "
+                "all-actions totals (one row per bucket). The counts equal a `GROUP BY` over "
+                "the raw rows. A request reads at most "
+                f"{planner.MAX_ROLLUP_BUCKETS} rollup buckets (so `1m`, `5m` and `15m` cover "
+                "at most about 3 d 11 h); ranges starting before the rollups' retention "
+                "answer 422 `beyond_retention`.",
                 "Timeline",
                 params.TIMELINE_PARAMS,
             ),
             "/api/v1/dashboard/corrections": _get(
                 "Corrections per hour and the latest ones",
                 "A correction is an audit log with action `intent.corrected`. Counts per "
-                "UTC hour come from the per-minute aggregate; the latest list from the rows.",
+                "UTC hour come from the per-hour rollup (minutes at the edges); the latest "
+                "list from the rows (kept `BRIDGE_ETL_RETENTION_DAYS`, 90 by default).",
                 "Corrections",
                 params.CORRECTIONS_PARAMS,
             ),

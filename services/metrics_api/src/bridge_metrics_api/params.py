@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .errors import InvalidParameter
+from . import planner
+from .errors import BeyondRetention, InvalidParameter
+from .planner import floor_to
 
 #: bucket name → width; the allow-list of `bucket`
 BUCKETS: dict[str, timedelta] = {
@@ -32,7 +34,7 @@ DEFAULT_SPAN: dict[str, timedelta] = {
     "1h": timedelta(days=7),
     "1d": timedelta(days=90),
 }
-SEVERITIES = ("debug", "info", "warning", "error", "critical")
+SEVERITIES = planner.SEVERITIES
 #: most buckets one timeline answer may hold (a day of minutes fits)
 MAX_POINTS = 1500
 #: widest corrections range (per-hour series of at most 31 days)
@@ -43,8 +45,6 @@ MAX_LIMIT = 200
 #: times outside these bounds are rejected (they are typos, and keep date arithmetic safe)
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
-#: `date_bin` origin: buckets are aligned to UTC (1d buckets are UTC days)
-ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 
 _ACTION_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 # "+02:00" arrives as " 02:00" when a client forgets to percent-encode the plus sign
@@ -71,13 +71,15 @@ TIMELINE_PARAMS = (
     Param(
         "since",
         "Start (inclusive), ISO 8601 with a time zone (`Z` or `±hh:mm`). Default: `until` "
-        "minus 1 h (1m), 6 h (5m), 24 h (15m), 7 d (1h), 90 d (1d).",
+        "minus 1 h (1m), 6 h (5m), 24 h (15m), 7 d (1h), 90 d (1d). Not before the "
+        "rollups' retention (`beyond_retention`).",
         _TIME_SCHEMA,
     ),
     Param(
         "until",
         f"End (exclusive), ISO 8601 with a time zone. Default: now. At most {MAX_POINTS} "
-        "buckets between `since` and `until`.",
+        f"buckets between `since` and `until`, and at most {planner.MAX_ROLLUP_BUCKETS} "
+        "rollup buckets read (about 3 d 11 h of `1m`, `5m` or `15m` buckets).",
         _TIME_SCHEMA,
     ),
     Param(
@@ -190,11 +192,6 @@ def parse_limit(raw: str | None) -> int:
     return value
 
 
-def floor_to(t: datetime, width: timedelta) -> datetime:
-    """The start of the UTC-aligned bucket of `width` that holds `t`."""
-    return ORIGIN + ((t - ORIGIN) // width) * width
-
-
 @dataclass(frozen=True, slots=True)
 class TimelineQuery:
     bucket: str
@@ -217,7 +214,30 @@ class TimelineQuery:
         return out
 
 
-def timeline_query(query: Mapping[str, str], names: list[str], now: datetime) -> TimelineQuery:
+def _span_text(minutes: int) -> str:
+    days, rest = divmod(minutes, 24 * 60)
+    return f"{days} d {rest // 60} h" if days else f"{rest // 60} h"
+
+
+def check_retention(
+    since: datetime, now: datetime, retention: timedelta | None, name: str = "since"
+) -> None:
+    """Counts older than the rollups' retention are gone: such a range is refused rather
+    than answered with zeros that look like a quiet period. `name`: the parameter that
+    put `since` there (`until` when `since` was derived from it)."""
+    if retention is None:
+        return
+    oldest = now - retention
+    if since < oldest:
+        raise BeyondRetention(name, oldest, retention)
+
+
+def timeline_query(
+    query: Mapping[str, str],
+    names: list[str],
+    now: datetime,
+    retention: timedelta | None = None,
+) -> TimelineQuery:
     check_known(query, TIMELINE_PARAMS, names)
     bucket = parse_bucket(query.get("bucket"))
     since = parse_time("since", query.get("since"))
@@ -235,6 +255,15 @@ def timeline_query(query: Mapping[str, str], names: list[str], now: datetime) ->
             f"range too long for bucket={bucket}: at most {MAX_POINTS} buckets "
             f"({width * MAX_POINTS}); narrow since/until or use a wider bucket",
         )
+    reads = planner.plan(since, until, width).buckets
+    if reads > planner.MAX_ROLLUP_BUCKETS:
+        raise InvalidParameter(
+            "since",
+            f"range too long for bucket={bucket}: it would read {reads} rollup buckets, at "
+            f"most {planner.MAX_ROLLUP_BUCKETS} (about {_span_text(planner.MAX_ROLLUP_BUCKETS)}"
+            " of 1m, 5m or 15m buckets); narrow since/until or use bucket=1h or 1d",
+        )
+    check_retention(since, now, retention, "since" if "since" in query else "until")
     return TimelineQuery(
         bucket=bucket,
         since=since,
@@ -252,7 +281,10 @@ class CorrectionsQuery:
 
 
 def corrections_query(
-    query: Mapping[str, str], names: list[str], now: datetime
+    query: Mapping[str, str],
+    names: list[str],
+    now: datetime,
+    retention: timedelta | None = None,
 ) -> CorrectionsQuery:
     check_known(query, CORRECTIONS_PARAMS, names)
     since = parse_time("since", query.get("since"))
@@ -263,6 +295,7 @@ def corrections_query(
         raise InvalidParameter("since", "must be before until")
     if until - since > MAX_CORRECTIONS_RANGE:
         raise InvalidParameter("since", "range longer than 31 days")
+    check_retention(since, now, retention, "since" if "since" in query else "until")
     return CorrectionsQuery(since=since, until=until, limit=parse_limit(query.get("limit")))
 
 

@@ -26,6 +26,12 @@ class Settings(BridgeSettings):
     bucket_cache_ttl: float = Field(
         default=30.0, ge=0, le=3600, validation_alias="BRIDGE_METRICS_BUCKET_CACHE_TTL"
     )
+    #: how many days of audit counts the rollups keep (the ETL's
+    #: `BRIDGE_ETL_ROLLUP_RETENTION_DAYS`, the continuous aggregates' retention policy);
+    #: timeline and corrections ranges starting earlier answer 422 `beyond_retention`
+    rollup_retention_days: int = Field(
+        default=400, ge=1, le=36_500, validation_alias="BRIDGE_METRICS_ROLLUP_RETENTION_DAYS"
+    )
     #: bound of the snapshot stream (entries, approximate)
     snapshot_maxlen: int = Field(
         default=8640, ge=10, le=10_000_000, validation_alias="BRIDGE_SNAPSHOT_MAXLEN"
