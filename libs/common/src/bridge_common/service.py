@@ -39,6 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from . import liveness
 from .channels import Channels
 from .events import Heartbeat, dumps
 from .logging import configure_logging, get_logger
@@ -203,11 +204,21 @@ class Service:
     async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
         assert self.redis is not None
         field = f"{self.name}/{self.instance}"
+        # crashed instances never remove their entry: every instance sweeps now and then
+        # (see bridge_common.liveness), so the list heals without the metrics API running
+        expiry = self.settings.heartbeat_expiry
+        sweep_every = max(self.settings.heartbeat_interval, expiry / 10)
+        next_sweep = 0.0
         while not stop.is_set():
             try:
                 payload = dumps(self.heartbeat())
                 await self.redis.hset(self.channels.services, field, payload)
                 await self.redis.publish(self.channels.heartbeats, payload)
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + sweep_every
+                    removed = await liveness.prune(self.redis, self.channels.services, expiry)
+                    if removed:
+                        self.log.info("heartbeat.expired_removed", count=removed)
             except Exception as exc:  # noqa: BLE001 - Redis down: keep trying
                 self.log.warning("heartbeat.failed", error=str(exc))
             with contextlib.suppress(TimeoutError):

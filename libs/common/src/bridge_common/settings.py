@@ -111,6 +111,11 @@ class BridgeSettings(BaseSettings):
     heartbeat_interval: float = Field(
         default=5.0, gt=0, le=300, validation_alias="BRIDGE_HEARTBEAT_INTERVAL"
     )
+    #: seconds after its last heartbeat a crashed instance is removed from the services list
+    #: (until then it shows as `down`); never less than 6 heartbeat intervals
+    heartbeat_expiry: float = Field(
+        default=300.0, ge=1, le=7 * 86_400, validation_alias="BRIDGE_HEARTBEAT_EXPIRY"
+    )
     host: str = Field(default="0.0.0.0", validation_alias="BRIDGE_HOST")  # noqa: S104
     port: int = Field(default=0, ge=0, le=65535)
     shutdown_timeout: float = Field(
