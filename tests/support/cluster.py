@@ -46,13 +46,17 @@ class RedisNode:
         cluster: bool = False,
         appendonly: bool = False,
         extra: list[str] | None = None,
+        password: str | None = None,
+        binary: str | None = None,
     ) -> None:
         self.port = port or free_port()
+        #: `requirepass` (and `masterauth` in a cluster): every client must authenticate
+        self.password = password
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.dir / "redis.log"
         args = [
-            REDIS_SERVER,
+            binary or REDIS_SERVER,
             "--port",
             str(self.port),
             "--bind",
@@ -83,8 +87,15 @@ class RedisNode:
                 "--cluster-port",
                 str(free_port()),
             ]
+        if password:
+            args += ["--requirepass", password]
+            if cluster:
+                args += ["--masterauth", password]
         self.args = args + (extra or [])
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def sync_client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
 
     @property
     def address(self) -> str:
@@ -92,7 +103,8 @@ class RedisNode:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int:
@@ -107,7 +119,7 @@ class RedisNode:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server on {self.port} exited: {self.logs()[-2000:]}")
             try:
-                with redis.Redis(port=self.port, socket_connect_timeout=0.5) as c:
+                with self.sync_client() as c:
                     if c.ping():
                         return self
             except redis.exceptions.RedisError:
@@ -155,10 +167,19 @@ class RedisNode:
 class LocalRedisCluster:
     """N primaries, no replicas, all 16384 slots covered (see the module docstring)."""
 
-    def __init__(self, workdir: Path, primaries: int = 3, *, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        primaries: int = 3,
+        *,
+        appendonly: bool = False,
+        password: str | None = None,
+    ) -> None:
         self.workdir = workdir
+        self.password = password
         self.nodes = [
-            RedisNode(workdir, cluster=True, appendonly=appendonly) for _ in range(primaries)
+            RedisNode(workdir, cluster=True, appendonly=appendonly, password=password)
+            for _ in range(primaries)
         ]
 
     @property
@@ -172,6 +193,7 @@ class LocalRedisCluster:
         subprocess.run(
             [
                 REDIS_CLI,
+                *(["-a", self.password, "--no-auth-warning"] if self.password else []),
                 "--cluster",
                 "create",
                 *(n.address for n in self.nodes),
@@ -194,7 +216,7 @@ class LocalRedisCluster:
             try:
                 states = []
                 for node in self.nodes:
-                    with redis.Redis(port=node.port, socket_connect_timeout=0.5) as c:
+                    with node.sync_client() as c:
                         info = c.execute_command("CLUSTER", "INFO")
                         text = info.decode() if isinstance(info, bytes) else str(info)
                         fields = dict(
@@ -215,7 +237,7 @@ class LocalRedisCluster:
 
     def node_for_slot(self, slot: int) -> int:
         """Index of the primary serving `slot`."""
-        with redis.Redis(port=self.nodes[0].port) as c:
+        with self.nodes[0].sync_client() as c:
             for start, end, *owners in c.execute_command("CLUSTER", "SLOTS"):
                 if start <= slot <= end:
                     port = int(owners[0][1])
@@ -223,7 +245,7 @@ class LocalRedisCluster:
         raise LookupError(slot)
 
     def node_for_key(self, key: str) -> int:
-        with redis.Redis(port=self.nodes[0].port) as c:
+        with self.nodes[0].sync_client() as c:
             slot = int(c.execute_command("CLUSTER", "KEYSLOT", key))
         return self.node_for_slot(slot)
 
@@ -233,7 +255,7 @@ class LocalRedisCluster:
         self.wait_ok()
 
     def client(self) -> RedisCluster:
-        return RedisCluster(host="127.0.0.1", port=self.nodes[0].port)
+        return RedisCluster(host="127.0.0.1", port=self.nodes[0].port, password=self.password)
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -242,9 +264,10 @@ class LocalRedisCluster:
 
 @contextmanager
 def redis_cluster(
-    workdir: Path, primaries: int = 3, *, appendonly: bool = False
+    workdir: Path, primaries: int = 3, *, appendonly: bool = False, password: str | None = None
 ) -> Iterator[LocalRedisCluster]:
-    cluster = LocalRedisCluster(workdir, primaries, appendonly=appendonly)
+    """A started cluster; with `password`, every node runs with `requirepass`."""
+    cluster = LocalRedisCluster(workdir, primaries, appendonly=appendonly, password=password)
     try:
         yield cluster.start()
     finally:
@@ -252,9 +275,16 @@ def redis_cluster(
 
 
 @contextmanager
-def redis_server(workdir: Path, *, appendonly: bool = True) -> Iterator[RedisNode]:
-    """A private standalone Redis (for tests that crash it); durable by default."""
-    node = RedisNode(workdir, appendonly=appendonly)
+def redis_server(
+    workdir: Path,
+    *,
+    appendonly: bool = True,
+    password: str | None = None,
+    binary: str | None = None,
+) -> Iterator[RedisNode]:
+    """A private standalone Redis (for tests that crash it); durable by default.
+    `binary`: another redis-server (e.g. an old version, to test the refusal)."""
+    node = RedisNode(workdir, appendonly=appendonly, password=password, binary=binary)
     try:
         yield node.start()
     finally:

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 from typing import Any, ClassVar, Literal, NoReturn, TypeVar
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -98,6 +106,13 @@ class BridgeSettings(BaseSettings):
     redis_cluster_nodes: str | None = Field(
         default=None, validation_alias="BRIDGE_REDIS_CLUSTER_NODES"
     )
+    #: Redis ACL user and password (standalone and Cluster); credentials in the URL win
+    redis_username: str | None = Field(default=None, validation_alias="BRIDGE_REDIS_USERNAME")
+    redis_password: SecretStr | None = Field(default=None, validation_alias="BRIDGE_REDIS_PASSWORD")
+    #: TLS to Redis (standalone: same as a rediss:// URL; Cluster: every node)
+    redis_tls: bool = Field(default=False, validation_alias="BRIDGE_REDIS_TLS")
+    #: CA bundle that signed the Redis servers' certificates (unset: the system's CAs)
+    redis_tls_ca_file: str | None = Field(default=None, validation_alias="BRIDGE_REDIS_TLS_CA_FILE")
     namespace: str = Field(default="bridge", validation_alias="BRIDGE_NAMESPACE")
     log_format: Literal["json", "console"] = Field(
         default="json", validation_alias="BRIDGE_LOG_FORMAT"
@@ -167,6 +182,18 @@ class BridgeSettings(BaseSettings):
             host, sep, port = node.strip().rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"{node.strip()!r} is not host:port")
+        return v
+
+    @field_validator("redis_username", "redis_tls_ca_file")
+    @classmethod
+    def _empty_is_unset(cls, v: str | None) -> str | None:
+        return v if v else None
+
+    @field_validator("redis_tls_ca_file")
+    @classmethod
+    def _ca_file_exists(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"{v!r} is not a readable file")
         return v
 
     @field_validator("namespace")
