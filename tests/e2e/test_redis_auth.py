@@ -21,7 +21,12 @@ import pytest
 import websockets
 from bridge_common.channels import Channels
 
-from tests.support.cluster import LocalRedisCluster, redis_cluster, redis_server
+from tests.support.cluster import (
+    LocalRedisCluster,
+    make_tls_files,
+    redis_cluster,
+    redis_server,
+)
 from tests.support.processes import ServiceProcess
 from tests.support.suite import make_token, suite_env
 from tests.support.waiting import eventually
@@ -29,6 +34,8 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.e2e
 
 PASSWORD = "cluster-" + secrets.token_urlsafe(24)
+#: an ACL user on the TLS cluster (the services log in as it, not as `default`)
+USER, USER_PASSWORD = "bridge-svc", "user-" + secrets.token_urlsafe(24)
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +45,53 @@ def auth_cluster() -> Iterator[LocalRedisCluster]:
             yield c
 
 
+@pytest.fixture(scope="module")
+def tls_cluster() -> Iterator[LocalRedisCluster]:
+    """TLS only (clients and cluster bus), `requirepass`, and an ACL user on every node."""
+    with tempfile.TemporaryDirectory(prefix="bridge-tls-cluster-") as tmp:
+        tls = make_tls_files(Path(tmp) / "tls")
+        with redis_cluster(Path(tmp), 3, password=PASSWORD, tls=tls) as c:
+            for node in c.nodes:
+                with node.sync_client() as admin:
+                    admin.execute_command(
+                        "ACL", "SETUSER", USER, "on", f">{USER_PASSWORD}", "~*", "&*", "+@all"
+                    )
+            yield c
+
+
 def readiness(proc: ServiceProcess) -> tuple[int, dict[str, object]]:
     r = httpx.get(proc.url + "/readyz", timeout=5)
     return r.status_code, r.json()
+
+
+async def relay_and_fan_out(
+    dsn: str, namespace: str, cluster: LocalRedisCluster, env: dict[str, str],
+    spawn: Callable[..., ServiceProcess],
+) -> None:  # fmt: skip
+    """Rows committed in PostgreSQL reach a WebSocket client through a notifier and a
+    gateway that both talk to `cluster` with `env`'s credentials; heartbeats land there."""
+    spawn("notifier", env)
+    gateway = spawn("gateway", env)
+    uri = gateway.url.replace("http://", "ws://") + "/ws"
+    headers = {"Authorization": f"Bearer {make_token(['intents'])}"}
+    async with websockets.connect(uri, additional_headers=headers) as ws:
+        await ws.send(json.dumps({"type": "subscribe", "topic": "intents"}))
+        while json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] != "subscribed":
+            pass
+        titles = [f"auth-{namespace}-{i}" for i in range(5)]
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            for t in titles:
+                await conn.execute("INSERT INTO intents (title) VALUES (%s)", (t,))
+        got = []
+        while len(got) < len(titles):
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 15))
+            if msg["type"] == "event" and msg["data"]["title"] in titles:
+                got.append(msg["data"]["title"])
+        assert got == titles
+    services_key = Channels(namespace).services
+    with cluster.nodes[cluster.node_for_key(services_key)].sync_client() as c:
+        services = {f.decode().split("/")[0] for f in c.hkeys(services_key)}
+    assert {"notifier", "gateway"} <= services
 
 
 async def test_cluster_with_requirepass_end_to_end(
@@ -61,30 +112,30 @@ async def test_cluster_with_requirepass_end_to_end(
     status, body = readiness(denied)
     assert status == 503 and body["checks"]["redis"] != "ok"  # type: ignore[index]
     assert "auth" in str(body["checks"]).lower()
+    await relay_and_fan_out(migrated_dsn, namespace, auth_cluster, env, spawn)
 
-    spawn("notifier", env)
-    gateway = spawn("gateway", env)
-    uri = gateway.url.replace("http://", "ws://") + "/ws"
-    headers = {"Authorization": f"Bearer {make_token(['intents'])}"}
-    async with websockets.connect(uri, additional_headers=headers) as ws:
-        await ws.send(json.dumps({"type": "subscribe", "topic": "intents"}))
-        while json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] != "subscribed":
-            pass
-        titles = [f"auth-{i}" for i in range(5)]
-        async with await psycopg.AsyncConnection.connect(migrated_dsn, autocommit=True) as conn:
-            for t in titles:
-                await conn.execute("INSERT INTO intents (title) VALUES (%s)", (t,))
-        got = []
-        while len(got) < len(titles):
-            msg = json.loads(await asyncio.wait_for(ws.recv(), 15))
-            if msg["type"] == "event":
-                got.append(msg["data"]["title"])
-        assert got == titles
-    # heartbeats landed in the cluster, written with the password
-    with auth_cluster.nodes[auth_cluster.node_for_key(Channels(namespace).services)].sync_client(
-    ) as c:  # fmt: skip
-        services = {f.decode().split("/")[0] for f in c.hkeys(Channels(namespace).services)}
-    assert {"notifier", "gateway"} <= services
+
+async def test_cluster_with_tls_and_an_acl_user_end_to_end(
+    migrated_dsn: str,
+    namespace: str,
+    tls_cluster: LocalRedisCluster,
+    spawn: Callable[..., ServiceProcess],
+) -> None:
+    assert tls_cluster.nodes[0].tls is not None
+    env = {
+        **suite_env(migrated_dsn, namespace, cluster_nodes=tls_cluster.nodes_env),
+        "BRIDGE_REDIS_USERNAME": USER,
+        "BRIDGE_REDIS_PASSWORD": USER_PASSWORD,
+        "BRIDGE_REDIS_TLS": "true",
+        "BRIDGE_REDIS_TLS_CA_FILE": str(tls_cluster.nodes[0].tls.ca),
+        "BRIDGE_HEARTBEAT_INTERVAL": "0.5",
+    }
+    # plain TCP to a TLS-only cluster: up, not ready
+    plain = spawn("gateway", {k: v for k, v in env.items() if not k.startswith("BRIDGE_REDIS_TLS")},
+                  wait_ready=False)  # fmt: skip
+    eventually(lambda: _answers(plain), what="gateway without TLS answers")
+    assert readiness(plain)[0] == 503
+    await relay_and_fan_out(migrated_dsn, namespace, tls_cluster, env, spawn)
 
 
 def _answers(proc: ServiceProcess) -> bool:

@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -35,6 +36,32 @@ REDIS_SERVER = _system_binary("redis-server")
 REDIS_CLI = _system_binary("redis-cli")
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throw-away CA and a server certificate for 127.0.0.1 / localhost."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls_files(folder: Path) -> TlsFiles:
+    """Generate them with the `openssl` command line (valid one day)."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+        "-days", "1", "-subj", "/CN=bridge-test-ca")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "redis.key", "-out", "redis.csr",
+        "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "redis.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "redis.crt", "-days", "1", "-extfile", "san.ext")  # fmt: skip
+    return TlsFiles(ca=folder / "ca.crt", cert=folder / "redis.crt", key=folder / "redis.key")
+
+
 class RedisNode:
     """One `redis-server` process we own (standalone or a cluster member)."""
 
@@ -48,8 +75,11 @@ class RedisNode:
         extra: list[str] | None = None,
         password: str | None = None,
         binary: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.port = port or free_port()
+        #: with TLS the node listens for TLS only (also on the cluster bus)
+        self.tls = tls
         #: `requirepass` (and `masterauth` in a cluster): every client must authenticate
         self.password = password
         self.dir = workdir / f"redis-{self.port}"
@@ -87,6 +117,14 @@ class RedisNode:
                 "--cluster-port",
                 str(free_port()),
             ]
+        if tls is not None:
+            port_at = args.index("--port") + 1
+            args[port_at] = "0"
+            args += ["--tls-port", str(self.port), "--tls-cert-file", str(tls.cert),
+                     "--tls-key-file", str(tls.key), "--tls-ca-cert-file", str(tls.ca),
+                     "--tls-auth-clients", "no"]  # fmt: skip
+            if cluster:
+                args += ["--tls-cluster", "yes"]
         if password:
             args += ["--requirepass", password]
             if cluster:
@@ -95,7 +133,12 @@ class RedisNode:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def sync_client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
+        tls: dict[str, object] = {}
+        if self.tls is not None:
+            tls = {"ssl": True, "ssl_ca_certs": str(self.tls.ca)}
+        return redis.Redis(
+            port=self.port, password=self.password, socket_connect_timeout=0.5, **tls
+        )
 
     @property
     def address(self) -> str:
@@ -174,11 +217,13 @@ class LocalRedisCluster:
         *,
         appendonly: bool = False,
         password: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.workdir = workdir
         self.password = password
+        self.tls = tls
         self.nodes = [
-            RedisNode(workdir, cluster=True, appendonly=appendonly, password=password)
+            RedisNode(workdir, cluster=True, appendonly=appendonly, password=password, tls=tls)
             for _ in range(primaries)
         ]
 
@@ -194,6 +239,7 @@ class LocalRedisCluster:
             [
                 REDIS_CLI,
                 *(["-a", self.password, "--no-auth-warning"] if self.password else []),
+                *(["--tls", "--cacert", str(self.tls.ca)] if self.tls else []),
                 "--cluster",
                 "create",
                 *(n.address for n in self.nodes),
@@ -255,7 +301,12 @@ class LocalRedisCluster:
         self.wait_ok()
 
     def client(self) -> RedisCluster:
-        return RedisCluster(host="127.0.0.1", port=self.nodes[0].port, password=self.password)
+        tls: dict[str, object] = {}
+        if self.tls is not None:
+            tls = {"ssl": True, "ssl_ca_certs": str(self.tls.ca)}
+        return RedisCluster(
+            host="127.0.0.1", port=self.nodes[0].port, password=self.password, **tls
+        )
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -264,10 +315,18 @@ class LocalRedisCluster:
 
 @contextmanager
 def redis_cluster(
-    workdir: Path, primaries: int = 3, *, appendonly: bool = False, password: str | None = None
+    workdir: Path,
+    primaries: int = 3,
+    *,
+    appendonly: bool = False,
+    password: str | None = None,
+    tls: TlsFiles | None = None,
 ) -> Iterator[LocalRedisCluster]:
-    """A started cluster; with `password`, every node runs with `requirepass`."""
-    cluster = LocalRedisCluster(workdir, primaries, appendonly=appendonly, password=password)
+    """A started cluster; with `password`, every node runs with `requirepass`; with `tls`,
+    every node (and the cluster bus) speaks TLS only."""
+    cluster = LocalRedisCluster(
+        workdir, primaries, appendonly=appendonly, password=password, tls=tls
+    )
     try:
         yield cluster.start()
     finally:
