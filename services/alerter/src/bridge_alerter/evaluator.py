@@ -69,6 +69,9 @@ class Evaluator:
         self._ruleset: RuleSet | None = None
         self._last_id: bytes | str = b"0-0"
         self._last_ts = 0.0
+        #: time of the newest real snapshot seen (the empty ones evaluated for silence
+        #: move `_last_ts`, not this)
+        self._last_real_ts = 0.0
         self._last_silence = 0.0
         #: snapshots older than this (seconds) are not evaluated
         self.stale_after = max(3 * settings.snapshot_interval, 30.0)
@@ -94,6 +97,7 @@ class Evaluator:
         self._term = self.leadership.term
         self._ruleset = None
         self._last_ts = 0.0
+        self._last_real_ts = 0.0
         newest: Any = await self.client.xrevrange(self.channels.snapshot_stream, count=1)
         self._last_id = newest[0][0] if newest else b"0-0"
         log.info("evaluator.took_over", alerts=len(self.states), term=self._term)
@@ -116,7 +120,7 @@ class Evaluator:
     async def _evaluate_silence(self) -> None:
         """No fresh snapshot for `stale_after`: evaluate an empty one (module docstring)."""
         now = time.time()
-        if now - self._last_ts <= self.stale_after:
+        if now - self._last_real_ts <= self.stale_after:
             return
         if now - self._last_silence < self.settings.snapshot_interval:
             return
@@ -130,6 +134,7 @@ class Evaluator:
         except Exception as exc:  # noqa: BLE001 - a bad entry is skipped, never fatal
             log.warning("snapshot.invalid", error=str(exc))
             return
+        self._last_real_ts = max(self._last_real_ts, snapshot.ts)
         await self.evaluate(snapshot)
 
     async def evaluate(self, snapshot: MetricsSnapshot) -> None:
