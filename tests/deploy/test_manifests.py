@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import secrets
 import subprocess
 import sys
 import tomllib
@@ -46,6 +47,14 @@ DEFAULT_PORT = {
 }
 #: read by something other than a settings class (documented where they are used)
 NOT_SETTINGS = {"BRIDGE_DATA_DIR"}  # bridge-up's data folder
+#: what the operator puts into the k8s Secret `bridge-secrets` (deploy/k8s/config.yaml says
+#: how) and into `.env` for compose's required `${VAR:?…}`: never shipped, so made up here
+OPERATOR_SECRET_NAME = "bridge-secrets"  # noqa: S105 - a name
+OPERATOR_SECRETS = {
+    "BRIDGE_SOURCE_DSN": "postgresql://bridge:pw@postgres.internal:5432/bridge",
+    "BRIDGE_TARGET_DSN": "postgresql://bridge:pw@timescale.internal:5432/bridge",
+    "BRIDGE_JWT_SECRET": secrets.token_urlsafe(48),
+}
 
 
 # -- what the code accepts -------------------------------------------------------------------
@@ -141,12 +150,22 @@ def env_file(path: Path) -> dict[str, str]:
     return out
 
 
-_SUBST = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+_SUBST = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
 
-def substitute(value: str) -> str:
-    """compose's ${VAR:-default} with nothing set: the default."""
-    return _SUBST.sub(lambda m: m.group(2) or "", value)
+def substitute(value: str, given: dict[str, str] | None = None) -> str:
+    """compose's interpolation with only `given` set: `${VAR:-default}` is the default,
+    `${VAR:?message}` is `given[VAR]` (compose refuses to start without it)."""
+    given = given or {}
+
+    def one(m: re.Match[str]) -> str:
+        name, op, rest = m.group(1), m.group(2) or "", m.group(3) or ""
+        if name in given:
+            return given[name]
+        assert "?" not in op, f"compose requires {name}: {rest}"
+        return rest if "-" in op else ""
+
+    return _SUBST.sub(one, value)
 
 
 def compose_services() -> dict[str, dict[str, Any]]:
@@ -167,7 +186,7 @@ def compose_env(service: dict[str, Any]) -> dict[str, str]:
     raw = service.get("environment", {})
     if isinstance(raw, list):
         raw = dict(item.split("=", 1) for item in raw)
-    env.update({k: substitute(str(v)) for k, v in raw.items()})
+    env.update({k: substitute(str(v), OPERATOR_SECRETS) for k, v in raw.items()})
     return env
 
 
@@ -193,10 +212,11 @@ def k8s_env(container: dict[str, Any]) -> dict[str, str]:
             ]
             env.update({k: str(v) for k, v in cm["data"].items()})
         if "secretRef" in source:
-            (sec,) = [
-                s for s in k8s_of("Secret") if s["metadata"]["name"] == source["secretRef"]["name"]
-            ]
-            env.update({k: str(v) for k, v in sec["stringData"].items()})
+            name = source["secretRef"]["name"]
+            shipped = [s for s in k8s_of("Secret") if s["metadata"]["name"] == name]
+            assert not shipped, f"k8s ships Secret {name}: the operator creates it"
+            assert name == OPERATOR_SECRET_NAME, name
+            env.update(OPERATOR_SECRETS)
     for item in container.get("env", []):
         env[item["name"]] = str(item["value"])
     return env
@@ -424,3 +444,55 @@ def test_command_arguments_are_understood() -> None:
                                 timeout=60, check=False)  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert option in result.stdout, f"{command} --help does not list {option}"
+
+
+# -- secrets ---------------------------------------------------------------------------------
+
+#: `BRIDGE_JWT_SECRET=value` / `BRIDGE_JWT_SECRET: value` in a shipped file
+_SECRET_ASSIGNMENT = re.compile(r"BRIDGE_JWT_SECRET\s*[:=]\s*['\"]?([^\s'\"#]+)")
+
+
+def shipped_jwt_secret_values() -> dict[str, str]:
+    """Every literal JWT secret the shipped files assign (value → where), commented or not."""
+    files = [ROOT / "compose.yaml", ROOT / ".env.example", ROOT / "README.md"]
+    files += sorted((ROOT / "deploy").rglob("*.yaml")) + sorted((ROOT / "docs").glob("*.md"))
+    files += sorted((ROOT / "libs").glob("*/README.md"))
+    found: dict[str, str] = {}
+    for path in files:
+        for m in _SECRET_ASSIGNMENT.finditer(path.read_text()):
+            value = m.group(1)
+            if value.startswith(("${", "$(", "$BRIDGE")):
+                continue  # a reference to the operator's value, not a value
+            found[value] = path.relative_to(ROOT).as_posix()
+    return found
+
+
+def test_no_jwt_secret_is_shipped_with_a_default() -> None:
+    # compose: the gateways require the variable (interpolation fails without it) ...
+    gateways = {
+        n: s for n, s in bridge_compose_services().items() if s["command"][0] == "bridge-gateway"
+    }
+    for service in gateways.values():
+        raw = str(service["environment"]["BRIDGE_JWT_SECRET"])
+        with pytest.raises(AssertionError, match="compose requires BRIDGE_JWT_SECRET"):
+            substitute(raw)
+    # ... and nothing else carries one
+    for name, service in bridge_compose_services().items():
+        if name not in gateways:
+            assert "BRIDGE_JWT_SECRET" not in service.get("environment", {}), name
+    assert "BRIDGE_JWT_SECRET" not in env_file(ROOT / ".env.example")
+    # k8s: no Secret manifest at all, nothing secret in a ConfigMap; the gateway reads the
+    # operator's Secret
+    assert k8s_of("Secret") == []
+    for cm in k8s_of("ConfigMap"):
+        assert "BRIDGE_JWT_SECRET" not in cm["data"]
+    gateway = [c for _, c in pod_containers() if c["command"][0] == "bridge-gateway"]
+    assert gateway
+    for container in gateway:
+        refs = [s["secretRef"]["name"] for s in container["envFrom"] if "secretRef" in s]
+        assert refs == [OPERATOR_SECRET_NAME]
+    # whatever literal value the files still show (commented examples) is refused
+    from bridge_common.jwt_secret import secret_problem
+
+    for value, where in shipped_jwt_secret_values().items():
+        assert secret_problem(value), f"{where} shows a JWT secret the gateway would accept"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,7 +25,8 @@ from redis.asyncio import Redis
 
 from tests.support.processes import ServiceProcess
 
-SECRET = "gateway-test-secret-0123456789abcdef-0123456789abcdef-0123456789abcdef"
+#: generated per run: a secret written in the repository is public, and the gateway refuses it
+SECRET = "gateway-test-" + secrets.token_urlsafe(48)
 
 
 def token(

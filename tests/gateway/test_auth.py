@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ import time
 import httpx
 import pytest
 import websockets
+from bridge_common.jwt_secret import SHIPPED_SECRETS
 
 from tests.gateway.conftest import SECRET, connect, recv_json, subscribe, token
 
@@ -97,6 +99,26 @@ def test_refuses_to_start_without_secret(gw_env) -> None:
     assert len(lines) == 1 and "BRIDGE_JWT_SECRET" in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("BRIDGE_JWT_SECRET", "short-secret", "at least 32"),
+        ("BRIDGE_JWT_SECRET", "x" * 31, "at least 32"),
+        *[("BRIDGE_JWT_SECRET", v, "shipped") for v in sorted(SHIPPED_SECRETS)],
+        ("BRIDGE_JWT_SECRET", "please-change-me-" + "0" * 40, "shipped"),
+        ("BRIDGE_JWT_PREVIOUS_SECRETS", "change-me-to-a-long-random-secret", "shipped"),
+        ("BRIDGE_JWT_PREVIOUS_SECRETS", "ok-" + "y" * 40 + ",too-short", "entry 2"),
+    ],
+)
+def test_refuses_a_weak_or_public_secret(gw_env, variable: str, value: str, says: str) -> None:
+    result = _run_gateway({**gw_env, variable: value})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert variable in lines[0] and says in lines[0]
+    assert value not in lines[0]  # a refused secret is not echoed
+
+
 def test_bad_setting_is_one_line(gw_env) -> None:
     result = _run_gateway({**gw_env, "BRIDGE_GATEWAY_MAX_SUBSCRIPTIONS": "0"})
     assert result.returncode == 2
@@ -129,7 +151,7 @@ async def test_auth_disabled_and_origin_allow_list(spawn, gw_env, inject) -> Non
 
 
 async def test_previous_secret_accepted_during_rotation(spawn, gw_env, inject) -> None:
-    new = "rotated-secret-0123456789abcdef-0123456789abcdef-0123456789abcdef"
+    new = "rotated-" + secrets.token_urlsafe(48)
     env = {**gw_env, "BRIDGE_JWT_SECRET": new, "BRIDGE_JWT_PREVIOUS_SECRETS": f" {SECRET} ,"}
     proc = spawn("gateway", env)
     for secret in (new, SECRET):  # minted before and after the switch

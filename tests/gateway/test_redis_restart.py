@@ -7,7 +7,6 @@ Uses a PRIVATE redis-server (AOF, fsync always) on a free port, killed and resta
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,9 +19,8 @@ from httpx_sse import aconnect_sse
 from redis.asyncio import Redis
 
 from tests.gateway.conftest import Injector, connect, metric, recv_json, subscribe, token
+from tests.support.cluster import REDIS_SERVER
 from tests.support.infra import free_port, unique_name
-
-REDIS_SERVER = shutil.which("redis-server")
 
 
 class PrivateRedis:
@@ -33,7 +31,6 @@ class PrivateRedis:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        assert REDIS_SERVER is not None
         self.proc = subprocess.Popen(
             [
                 REDIS_SERVER,
@@ -72,8 +69,6 @@ class PrivateRedis:
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
     server = PrivateRedis(tmp_path)
     server.start()
     yield server

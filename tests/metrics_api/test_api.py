@@ -84,6 +84,8 @@ def seeded(db, r, namespace, api):  # noqa: ANN001, ANN201
             ),
             heartbeat("etl", "e-1", {"lag_seconds": 1.5}),
             heartbeat("etl", "e-2", {"lag_seconds": 2.5}),
+            # crashed longer ago than BRIDGE_HEARTBEAT_EXPIRY (300 s): gone, not down
+            heartbeat("etl", "e-gone", {"lag_seconds": 999.0}, age=400, interval=1),
         ],
     )
     r.hset(Channels(namespace).services, "junk/x", b"not a heartbeat")
@@ -139,17 +141,25 @@ def test_overview_known_answers(api, seeded) -> None:
     assert body["notifier"] == {"lag_seconds": 0.4, "outbox_backlog": 3, "leader": "n-1"}
     assert body["etl"] == {"lag_seconds": 2.5}
     # seven seeded instances up + this metrics API; the stale gateway is down
-    assert body["services"] == {"up": 7, "down": 1}
+    assert body["services"] == {
+        "up": 7,
+        "down": 1,
+        "instances_up": {"gateway": 2, "notifier": 2, "etl": 2, "metrics_api": 1},
+    }
     [alert] = body["alerts"]["firing"]
     assert body["alerts"]["count"] == 1
     assert alert["rule"] == "audit_error_rate_high" and alert["severity"] == "critical"
     assert alert["value"] == 0.2 and alert["fingerprint"] == "fp-firing"
 
 
-def test_services_lists_instances_with_heartbeats(api, seeded) -> None:
+def test_services_lists_instances_with_heartbeats(api, seeded, r, namespace) -> None:
     body = get(api, "/api/v1/services").json()
     by_instance = {s["instance"]: s for s in body["services"]}
     assert "x" not in by_instance  # the unreadable entry is skipped
+    assert "e-gone" not in by_instance  # expired: not listed ...
+    services_key = Channels(namespace).services
+    assert r.hget(services_key, "etl/e-gone") is None  # ... and removed from Redis
+    assert r.hget(services_key, "junk/x") is None
     assert by_instance["gw-dead"]["state"] == "down" and not by_instance["gw-dead"]["up"]
     assert by_instance["gw-1"]["state"] == "up" and by_instance["gw-1"]["status"] == {
         "connections": 5
@@ -191,6 +201,9 @@ def test_snapshot_published_with_the_right_values(api, seeded, r, namespace) -> 
     assert m["notifier.lag_seconds"] == 0.4
     assert m["notifier.outbox_backlog"] == 3
     assert m["services.down"] == 1 and m["services.up"] == 7
+    assert m["gateway.instances"] == 2 and m["notifier.instances"] == 2
+    assert m["etl.instances"] == 2 and m["metrics_api.instances"] == 1
+    assert m["alerter.instances"] == 0  # absent: 0, not null
     assert m["alerts.firing"] == 1
     assert m["source_db.up"] == 1 and m["target_db.up"] == 1
     assert snap.source.startswith("metrics_api-")

@@ -77,7 +77,7 @@ def dashboard(api_env, tmp_path_factory, db, r, namespace) -> Iterator[ServicePr
                 "notifier", "notifier-a", {"lag_seconds": 0.12, "outbox_backlog": 0, "leader": True}
             ),
             heartbeat("etl", "etl-a", {"lag_seconds": 0.8}),
-            heartbeat("etl", "etl-b", {"lag_seconds": 0.5}, age=300, interval=1),
+            heartbeat("etl", "etl-b", {"lag_seconds": 0.5}, age=60, interval=1),
         ],
     )
     put_alert_states(

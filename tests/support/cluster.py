@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -35,6 +36,32 @@ REDIS_SERVER = _system_binary("redis-server")
 REDIS_CLI = _system_binary("redis-cli")
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throw-away CA and a server certificate for 127.0.0.1 / localhost."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls_files(folder: Path) -> TlsFiles:
+    """Generate them with the `openssl` command line (valid one day)."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+        "-days", "1", "-subj", "/CN=bridge-test-ca")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "redis.key", "-out", "redis.csr",
+        "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "redis.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "redis.crt", "-days", "1", "-extfile", "san.ext")  # fmt: skip
+    return TlsFiles(ca=folder / "ca.crt", cert=folder / "redis.crt", key=folder / "redis.key")
+
+
 class RedisNode:
     """One `redis-server` process we own (standalone or a cluster member)."""
 
@@ -46,13 +73,20 @@ class RedisNode:
         cluster: bool = False,
         appendonly: bool = False,
         extra: list[str] | None = None,
+        password: str | None = None,
+        binary: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.port = port or free_port()
+        #: with TLS the node listens for TLS only (also on the cluster bus)
+        self.tls = tls
+        #: `requirepass` (and `masterauth` in a cluster): every client must authenticate
+        self.password = password
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.dir / "redis.log"
         args = [
-            REDIS_SERVER,
+            binary or REDIS_SERVER,
             "--port",
             str(self.port),
             "--bind",
@@ -83,8 +117,28 @@ class RedisNode:
                 "--cluster-port",
                 str(free_port()),
             ]
+        if tls is not None:
+            port_at = args.index("--port") + 1
+            args[port_at] = "0"
+            args += ["--tls-port", str(self.port), "--tls-cert-file", str(tls.cert),
+                     "--tls-key-file", str(tls.key), "--tls-ca-cert-file", str(tls.ca),
+                     "--tls-auth-clients", "no"]  # fmt: skip
+            if cluster:
+                args += ["--tls-cluster", "yes"]
+        if password:
+            args += ["--requirepass", password]
+            if cluster:
+                args += ["--masterauth", password]
         self.args = args + (extra or [])
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def sync_client(self) -> redis.Redis:
+        tls: dict[str, object] = {}
+        if self.tls is not None:
+            tls = {"ssl": True, "ssl_ca_certs": str(self.tls.ca)}
+        return redis.Redis(
+            port=self.port, password=self.password, socket_connect_timeout=0.5, **tls
+        )
 
     @property
     def address(self) -> str:
@@ -92,7 +146,8 @@ class RedisNode:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int:
@@ -107,7 +162,7 @@ class RedisNode:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server on {self.port} exited: {self.logs()[-2000:]}")
             try:
-                with redis.Redis(port=self.port, socket_connect_timeout=0.5) as c:
+                with self.sync_client() as c:
                     if c.ping():
                         return self
             except redis.exceptions.RedisError:
@@ -155,10 +210,21 @@ class RedisNode:
 class LocalRedisCluster:
     """N primaries, no replicas, all 16384 slots covered (see the module docstring)."""
 
-    def __init__(self, workdir: Path, primaries: int = 3, *, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        primaries: int = 3,
+        *,
+        appendonly: bool = False,
+        password: str | None = None,
+        tls: TlsFiles | None = None,
+    ) -> None:
         self.workdir = workdir
+        self.password = password
+        self.tls = tls
         self.nodes = [
-            RedisNode(workdir, cluster=True, appendonly=appendonly) for _ in range(primaries)
+            RedisNode(workdir, cluster=True, appendonly=appendonly, password=password, tls=tls)
+            for _ in range(primaries)
         ]
 
     @property
@@ -172,6 +238,8 @@ class LocalRedisCluster:
         subprocess.run(
             [
                 REDIS_CLI,
+                *(["-a", self.password, "--no-auth-warning"] if self.password else []),
+                *(["--tls", "--cacert", str(self.tls.ca)] if self.tls else []),
                 "--cluster",
                 "create",
                 *(n.address for n in self.nodes),
@@ -194,7 +262,7 @@ class LocalRedisCluster:
             try:
                 states = []
                 for node in self.nodes:
-                    with redis.Redis(port=node.port, socket_connect_timeout=0.5) as c:
+                    with node.sync_client() as c:
                         info = c.execute_command("CLUSTER", "INFO")
                         text = info.decode() if isinstance(info, bytes) else str(info)
                         fields = dict(
@@ -215,7 +283,7 @@ class LocalRedisCluster:
 
     def node_for_slot(self, slot: int) -> int:
         """Index of the primary serving `slot`."""
-        with redis.Redis(port=self.nodes[0].port) as c:
+        with self.nodes[0].sync_client() as c:
             for start, end, *owners in c.execute_command("CLUSTER", "SLOTS"):
                 if start <= slot <= end:
                     port = int(owners[0][1])
@@ -223,7 +291,7 @@ class LocalRedisCluster:
         raise LookupError(slot)
 
     def node_for_key(self, key: str) -> int:
-        with redis.Redis(port=self.nodes[0].port) as c:
+        with self.nodes[0].sync_client() as c:
             slot = int(c.execute_command("CLUSTER", "KEYSLOT", key))
         return self.node_for_slot(slot)
 
@@ -233,7 +301,12 @@ class LocalRedisCluster:
         self.wait_ok()
 
     def client(self) -> RedisCluster:
-        return RedisCluster(host="127.0.0.1", port=self.nodes[0].port)
+        tls: dict[str, object] = {}
+        if self.tls is not None:
+            tls = {"ssl": True, "ssl_ca_certs": str(self.tls.ca)}
+        return RedisCluster(
+            host="127.0.0.1", port=self.nodes[0].port, password=self.password, **tls
+        )
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -242,9 +315,18 @@ class LocalRedisCluster:
 
 @contextmanager
 def redis_cluster(
-    workdir: Path, primaries: int = 3, *, appendonly: bool = False
+    workdir: Path,
+    primaries: int = 3,
+    *,
+    appendonly: bool = False,
+    password: str | None = None,
+    tls: TlsFiles | None = None,
 ) -> Iterator[LocalRedisCluster]:
-    cluster = LocalRedisCluster(workdir, primaries, appendonly=appendonly)
+    """A started cluster; with `password`, every node runs with `requirepass`; with `tls`,
+    every node (and the cluster bus) speaks TLS only."""
+    cluster = LocalRedisCluster(
+        workdir, primaries, appendonly=appendonly, password=password, tls=tls
+    )
     try:
         yield cluster.start()
     finally:
@@ -252,9 +334,16 @@ def redis_cluster(
 
 
 @contextmanager
-def redis_server(workdir: Path, *, appendonly: bool = True) -> Iterator[RedisNode]:
-    """A private standalone Redis (for tests that crash it); durable by default."""
-    node = RedisNode(workdir, appendonly=appendonly)
+def redis_server(
+    workdir: Path,
+    *,
+    appendonly: bool = True,
+    password: str | None = None,
+    binary: str | None = None,
+) -> Iterator[RedisNode]:
+    """A private standalone Redis (for tests that crash it); durable by default.
+    `binary`: another redis-server (e.g. an old version, to test the refusal)."""
+    node = RedisNode(workdir, appendonly=appendonly, password=password, binary=binary)
     try:
         yield node.start()
     finally:

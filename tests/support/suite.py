@@ -4,6 +4,7 @@ Redis (standalone or cluster) plus named service instances, with crash/restart b
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import jwt
 
 from .processes import ServiceProcess
 
-JWT_SECRET = "e2e-secret-" + "k" * 60  # noqa: S105 - test-only key
+#: generated per run: the gateway refuses a secret written in the repository
+JWT_SECRET = "e2e-" + secrets.token_urlsafe(48)
 
 
 def make_token(

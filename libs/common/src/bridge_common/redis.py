@@ -32,6 +32,23 @@ DEFAULT_STREAM_MAXLEN = 100_000
 DEFAULT_DEDUPE_KEEP = 50_000
 
 
+#: the oldest Redis the suite runs on: sharded pub/sub, XAUTOCLAIM's deleted-entry report
+#: and the stream metadata (XINFO STREAM max-deleted-entry-id) that detects trimmed history
+MIN_REDIS_VERSION = (7, 0)
+
+
+def _auth_and_tls(settings: BridgeSettings) -> dict[str, Any]:
+    """Connection options from `BRIDGE_REDIS_USERNAME/_PASSWORD/_TLS/_TLS_CA_FILE`."""
+    out: dict[str, Any] = {}
+    if settings.redis_username:
+        out["username"] = settings.redis_username
+    if settings.redis_password is not None and settings.redis_password.get_secret_value():
+        out["password"] = settings.redis_password.get_secret_value()
+    if settings.redis_tls_ca_file:
+        out["ssl_ca_certs"] = settings.redis_tls_ca_file
+    return out
+
+
 def create_redis(
     settings: BridgeSettings,
     *,
@@ -41,8 +58,10 @@ def create_redis(
 ) -> AnyRedis:
     """A client for `BRIDGE_REDIS_CLUSTER_NODES` when set, else for `BRIDGE_REDIS_URL`.
 
-    Commands retry with jittered exponential backoff on connection errors; callers that
-    must survive a long outage loop around their own work (see `Backoff`).
+    Both take `BRIDGE_REDIS_USERNAME` / `BRIDGE_REDIS_PASSWORD` / `BRIDGE_REDIS_TLS`
+    (credentials written in the URL win over the variables). Commands retry with jittered
+    exponential backoff on connection errors; callers that must survive a long outage
+    loop around their own work (see `Backoff`).
     """
     retry = Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), retries)
     common: dict[str, Any] = {
@@ -53,15 +72,61 @@ def create_redis(
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
         "health_check_interval": 15,
     }
+    common.update(_auth_and_tls(settings))
     nodes = settings.cluster_nodes
     if nodes:
         common.pop("retry_on_error")
         common.pop("health_check_interval")
+        if settings.redis_tls:
+            common["ssl"] = True
         return RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in nodes],
             **common,
         )
-    return Redis.from_url(settings.redis_url, **common)
+    url = settings.redis_url
+    if settings.redis_tls and url.startswith("redis://"):
+        url = "rediss://" + url.removeprefix("redis://")
+    if not url.startswith("rediss://"):
+        common.pop("ssl_ca_certs", None)
+    return Redis.from_url(url, **common)
+
+
+class RedisTooOld(Exception):
+    """The Redis server is older than MIN_REDIS_VERSION."""
+
+
+def _parse_version(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+async def server_versions(client: AnyRedis) -> dict[str, tuple[int, ...]]:
+    """`redis_version` of the server, or of every node of a cluster (node → version)."""
+    if isinstance(client, RedisCluster):
+        out = {}
+        for node in client.get_nodes():
+            info: Any = await client.info("server", target_nodes=node)
+            out[node.name] = _parse_version(str(info.get("redis_version", "0")))
+        return out
+    info = await client.info("server")
+    kwargs = client.connection_pool.connection_kwargs
+    where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+    return {str(where): _parse_version(str(info.get("redis_version", "0")))}
+
+
+async def require_redis_version(client: AnyRedis) -> None:
+    """Raise RedisTooOld naming the server and version when any node is older than 7."""
+    for node, version in (await server_versions(client)).items():
+        if version < MIN_REDIS_VERSION:
+            shown = ".".join(str(v) for v in version)
+            raise RedisTooOld(
+                f"Redis {shown} at {node}: Bridge Lite needs Redis "
+                f"{'.'.join(str(v) for v in MIN_REDIS_VERSION)} or later "
+                "(Debian/Ubuntu: apt install redis-server; or the redis:7 image)"
+            )
 
 
 def is_cluster(client: AnyRedis) -> bool:

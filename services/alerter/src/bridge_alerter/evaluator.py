@@ -5,6 +5,9 @@ missed while it is busy), steps each rule's state machine with the snapshot's ti
 commits each change with its notifications in one fenced write. A metric that is missing
 from a snapshot or `null` is "no data": the rule's `no_data` setting decides (`keep`, the
 default, leaves the alert as it is; `ok` treats it as not holding; `alerting` as holding).
+When no fresh snapshot arrives at all (the metrics API is down, or cannot publish), the
+leader evaluates an empty one once per snapshot interval: every metric is "no data", so
+rules with `no_data: alerting` fire on the silence itself instead of waiting for figures.
 """
 
 from __future__ import annotations
@@ -66,6 +69,10 @@ class Evaluator:
         self._ruleset: RuleSet | None = None
         self._last_id: bytes | str = b"0-0"
         self._last_ts = 0.0
+        #: time of the newest real snapshot seen (the empty ones evaluated for silence
+        #: move `_last_ts`, not this)
+        self._last_real_ts = 0.0
+        self._last_silence = 0.0
         #: snapshots older than this (seconds) are not evaluated
         self.stale_after = max(3 * settings.snapshot_interval, 30.0)
 
@@ -90,6 +97,7 @@ class Evaluator:
         self._term = self.leadership.term
         self._ruleset = None
         self._last_ts = 0.0
+        self._last_real_ts = 0.0
         newest: Any = await self.client.xrevrange(self.channels.snapshot_stream, count=1)
         self._last_id = newest[0][0] if newest else b"0-0"
         log.info("evaluator.took_over", alerts=len(self.states), term=self._term)
@@ -106,7 +114,19 @@ class Evaluator:
             for entry_id, fields in entries:
                 self._last_id = entry_id
                 await self.evaluate_entry(fields)
+        await self._evaluate_silence()
         self._update_gauges()
+
+    async def _evaluate_silence(self) -> None:
+        """No fresh snapshot for `stale_after`: evaluate an empty one (module docstring)."""
+        now = time.time()
+        if now - self._last_real_ts <= self.stale_after:
+            return
+        if now - self._last_silence < self.settings.snapshot_interval:
+            return
+        self._last_silence = now
+        log.warning("snapshot.none_fresh", last_ts=self._last_ts or None)
+        await self.evaluate(MetricsSnapshot(ts=now, metrics={}, source="no fresh snapshot"))
 
     async def evaluate_entry(self, fields: dict[Any, Any]) -> None:
         try:
@@ -114,6 +134,7 @@ class Evaluator:
         except Exception as exc:  # noqa: BLE001 - a bad entry is skipped, never fatal
             log.warning("snapshot.invalid", error=str(exc))
             return
+        self._last_real_ts = max(self._last_real_ts, snapshot.ts)
         await self.evaluate(snapshot)
 
     async def evaluate(self, snapshot: MetricsSnapshot) -> None:

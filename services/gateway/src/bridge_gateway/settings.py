@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from bridge_common.jwt_secret import secret_problem
 from bridge_common.settings import BridgeSettings
 from pydantic import Field, SecretStr, field_validator
 
@@ -68,6 +69,27 @@ class Settings(BridgeSettings):
     redis_retry: float = Field(
         default=0.1, gt=0, le=60, validation_alias="BRIDGE_GATEWAY_REDIS_RETRY"
     )
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _check_secret(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value():
+            return None  # "not set" is reported by the command, naming BRIDGE_AUTH=disabled
+        problem = secret_problem(v.get_secret_value())
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("jwt_previous_secrets")
+    @classmethod
+    def _check_previous(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return v
+        for i, item in enumerate(v.get_secret_value().split(",")):
+            problem = secret_problem(item.strip()) if item.strip() else None
+            if problem:
+                raise ValueError(f"entry {i + 1} {problem}")
+        return v
 
     @field_validator("auth", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from bridge_common.channels import ALERTS_TOPIC, InvalidTopic, check_topic
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -102,6 +103,10 @@ async def _open(request: Request, topic: str, fixed: dict[str, Any]) -> Response
         return _error("bad_request", str(exc), headers=cors)
     except GatewayError as err:
         return _error(err.code, err.message, err.topic, headers=cors)
+    except (RedisError, OSError):
+        # the topic registry could not be read: a refusal like any other (JSON, CORS), so
+        # a browser on another origin sees a retryable 503 rather than a network error
+        return _error("unavailable", "Redis does not answer; retry", topic, headers=cors)
     headers = {"cache-control": "no-cache", "x-accel-buffering": "no", **cors}
     return EventStream(gw, principal, topic, spec or None, since, close_after, headers)
 

@@ -52,6 +52,7 @@ async def serve(settings: Settings) -> int:
             redis=redis,
             channels=Channels(settings.namespace),
             query_timeout=settings.query_timeout,
+            heartbeat_expiry=settings.heartbeat_expiry,
         )
         add_routes(app, settings, sources, svc)
         svc.use_redis(redis)

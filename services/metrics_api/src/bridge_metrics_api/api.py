@@ -128,7 +128,8 @@ class MetricsApi:
         params.no_params(_names(request))
         now = time.time()
         found = await self.src.bounded(
-            "redis", live.instances(self.src.redis, self.src.channels, now)
+            "redis",
+            live.instances(self.src.redis, self.src.channels, now, self.src.heartbeat_expiry),
         )
         return {
             "ts": audit.iso(datetime.fromtimestamp(now, UTC)),

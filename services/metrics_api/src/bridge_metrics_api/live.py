@@ -1,7 +1,9 @@
 """Live figures from Redis: service heartbeats (up/down, connections, lag) and firing alerts.
 
 Every service instance writes its heartbeat into the hash `Channels.services`; an
-instance that missed three heartbeats is *down*. Gateway connections are summed over every
+instance that missed three heartbeats is *down*, and once its last heartbeat is older than
+`BRIDGE_HEARTBEAT_EXPIRY` it is *gone*: not listed, not counted, and removed from the hash
+(`bridge_common.liveness`). Gateway connections are summed over every
 gateway that is up; the notifier's lag and backlog come from the instance that holds the
 leader lease; ETL lag is the largest over the ETL workers that are up. Alert state is the
 alerter's hash `Channels.alert_state`. Entries that do not parse are skipped, never fatal.
@@ -11,17 +13,23 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import msgspec
+from bridge_common import liveness
 from bridge_common.channels import Channels
-from bridge_common.events import Heartbeat, decode_heartbeat, loads
+from bridge_common.events import Heartbeat, loads
 from bridge_common.logging import get_logger
 from bridge_common.redis import AnyRedis
 
 log = get_logger(__name__)
+
+#: services whose absence is an alert of its own; their up instances are counted in the
+#: snapshot as `<service>.instances` (gateway, notifier, etl, metrics_api, alerter)
+REQUIRED_SERVICES = ("gateway", "notifier", "etl", "metrics_api", "alerter")
 
 #: heartbeats and alert states read per request at most (both hashes are small in practice)
 MAX_ENTRIES = 10_000
@@ -85,18 +93,23 @@ async def _hgetall(client: AnyRedis, key: str) -> dict[bytes, bytes]:
 
 
 async def instances(
-    client: AnyRedis, channels: Channels, now: float | None = None
+    client: AnyRedis,
+    channels: Channels,
+    now: float | None = None,
+    expiry: float = liveness.DEFAULT_EXPIRY,
 ) -> list[Instance]:
-    """Every service instance with a heartbeat in Redis, sorted by service and instance."""
+    """Every service instance with a heartbeat in Redis that has not expired, sorted by
+    service and instance. Expired and unreadable entries are removed on the way."""
     now = time.time() if now is None else now
-    out = []
-    for field, raw in (await _hgetall(client, channels.services)).items():
-        try:
-            hb = decode_heartbeat(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            log.warning("heartbeat.unreadable", field=field.decode(errors="replace"))
-            continue
-        out.append(Instance(hb=hb, up=not hb.stale(now), age=max(0.0, now - hb.ts)))
+    live_entries, dead = liveness.split(await _hgetall(client, channels.services), now, expiry)
+    if dead:
+        for field, _ in dead:
+            log.info("heartbeat.expired", field=field.decode(errors="replace"))
+        await liveness.remove(client, channels.services, dead)
+    out = [
+        Instance(hb=hb, up=not liveness.is_down(hb, now), age=max(0.0, now - hb.ts))
+        for _, hb in live_entries
+    ]
     out.sort(key=lambda i: (i.hb.service, i.hb.instance))
     return out
 
@@ -111,6 +124,8 @@ class LiveFigures:
     etl_lag_seconds: float | None
     services_up: int
     services_down: int
+    #: service name → instances that are up (services with none are absent)
+    instances_up: dict[str, int]
 
 
 def figures(found: list[Instance]) -> LiveFigures:
@@ -135,6 +150,7 @@ def figures(found: list[Instance]) -> LiveFigures:
         etl_lag_seconds=etl_lag,
         services_up=len(up),
         services_down=len(found) - len(up),
+        instances_up=dict(Counter(i.hb.service for i in up)),
     )
 
 

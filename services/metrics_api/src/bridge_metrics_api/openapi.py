@@ -121,7 +121,17 @@ SCHEMAS: dict[str, Any] = {
                 "type": ["object", "null"],
                 "properties": {
                     "up": _INT,
-                    "down": {**_INT, "description": "instances that missed 3 heartbeats"},
+                    "down": {
+                        **_INT,
+                        "description": "instances that missed 3 heartbeats and have not yet "
+                        "expired (BRIDGE_HEARTBEAT_EXPIRY)",
+                    },
+                    "instances_up": {
+                        "type": "object",
+                        "additionalProperties": _INT,
+                        "description": "service name → instances up; a service with none "
+                        "is absent from the map",
+                    },
                 },
             },
             "alerts": {
@@ -211,7 +221,9 @@ SCHEMAS: dict[str, Any] = {
             "services": {
                 "type": "array",
                 "items": _INSTANCE,
-                "description": "`service`, `instance`, `state` (up/down), `last_heartbeat`, "
+                "description": "every instance not yet expired (a crashed one is `down` "
+                "until its last heartbeat is BRIDGE_HEARTBEAT_EXPIRY old, then gone): "
+                "`service`, `instance`, `state` (up/down), `last_heartbeat`, "
                 "`age_seconds`, `interval_seconds`, `started_at`, `uptime_seconds`, "
                 "`version`, `status` (what it reports)",
             },

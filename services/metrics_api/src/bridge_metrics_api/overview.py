@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from bridge_common import liveness
 from bridge_common.channels import Channels
 from bridge_common.logging import get_logger
 from bridge_common.redis import AnyRedis
@@ -37,6 +38,8 @@ class Sources:
     redis: AnyRedis
     channels: Channels
     query_timeout: float
+    #: `BRIDGE_HEARTBEAT_EXPIRY`: instances silent longer than this are gone
+    heartbeat_expiry: float = liveness.DEFAULT_EXPIRY
 
     async def bounded(self, what: str, aw: Awaitable[T]) -> T:
         """Await `aw` within the query timeout; a slow or broken database → Unavailable."""
@@ -87,7 +90,13 @@ class Overview:
                 "leader": lf.notifier_leader,
             },
             "etl": None if lf is None else {"lag_seconds": lf.etl_lag_seconds},
-            "services": None if lf is None else {"up": lf.services_up, "down": lf.services_down},
+            "services": None
+            if lf is None
+            else {
+                "up": lf.services_up,
+                "down": lf.services_down,
+                "instances_up": dict(lf.instances_up),
+            },
             "alerts": None
             if self.alerts is None
             else {"firing": self.alerts, "count": len(self.alerts)},
@@ -101,7 +110,9 @@ async def collect(src: Sources, now: datetime | None = None) -> Overview:
     results = await asyncio.gather(
         src.bounded("source database", intents.counts(src.source_pool, now)),
         src.bounded("target database", audit.windows(src.target_pool, now)),
-        src.bounded("redis", live.instances(src.redis, src.channels, now.timestamp())),
+        src.bounded(
+            "redis", live.instances(src.redis, src.channels, now.timestamp(), src.heartbeat_expiry)
+        ),
         src.bounded("redis", live.firing_alerts(src.redis, src.channels)),
         return_exceptions=True,
     )
@@ -144,10 +155,13 @@ def snapshot_metrics(ov: Overview) -> dict[str, float | None]:
     m["intents.pending"] = None if ic is None else float(ic.by_status.get("pending", 0))
     lf = ov.live
     m["gateway.connections"] = None if lf is None else float(lf.gateway_connections)
-    m["gateway.instances"] = None if lf is None else float(lf.gateway_instances)
     m["notifier.lag_seconds"] = None if lf is None else lf.notifier_lag_seconds
     m["notifier.outbox_backlog"] = None if lf is None else lf.notifier_outbox_backlog
     m["etl.lag_seconds"] = None if lf is None else lf.etl_lag_seconds
+    # presence: how many instances of each service are up (0 when none is, unlike the
+    # figures those services report, which are null then) — what "absent" rules read
+    for service in live.REQUIRED_SERVICES:
+        m[f"{service}.instances"] = None if lf is None else float(lf.instances_up.get(service, 0))
     m["services.up"] = None if lf is None else float(lf.services_up)
     m["services.down"] = None if lf is None else float(lf.services_down)
     m["alerts.firing"] = None if ov.alerts is None else float(len(ov.alerts))

@@ -24,7 +24,9 @@ def main(argv: list[str] | None = None) -> None:
 
     async def run() -> int:
         svc = Service(settings)
-        metrics = RelayMetrics(svc.registry)
+        metrics = RelayMetrics(
+            svc.registry, stats_stale_after=max(10.0, 5 * settings.stats_interval)
+        )
         async with redis_client(settings) as redis:
             svc.use_redis(redis)
             relay = Relay(settings, redis, metrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -10,7 +11,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 class RelayMetrics:
     """Every metric the notifier exports; one instance per process."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, stats_stale_after: float = 10.0) -> None:
+        #: backlog and lag measured longer ago than this are not reported (null): a figure
+        #: that stopped being measured (database gone) must not look current
+        self.stats_stale_after = stats_stale_after
+        self._stats_at: float | None = None
         self.published = Counter(
             "bridge_notifier_events_published",
             "Events appended to a topic stream and fanned out",
@@ -68,6 +73,7 @@ class RelayMetrics:
         self.leader.set(1 if leader else 0)
 
     def set_stats(self, backlog: int, lag: float) -> None:
+        self._stats_at = time.monotonic()
         self.last_backlog = backlog
         self.last_lag = lag
         self.backlog.set(backlog)
@@ -80,9 +86,14 @@ class RelayMetrics:
 
     def status(self) -> dict[str, Any]:
         """Heartbeat facts; the metrics API reads exactly these keys."""
+        fresh = (
+            self._stats_at is not None
+            and time.monotonic() - self._stats_at <= self.stats_stale_after
+        )
+        lag = self.last_lag if fresh else None
         return {
             "leader": self.is_leader,
-            "lag_seconds": None if self.last_lag is None else round(self.last_lag, 3),
-            "outbox_backlog": self.last_backlog,
+            "lag_seconds": None if lag is None else round(lag, 3),
+            "outbox_backlog": self.last_backlog if fresh else None,
             "published_total": self.published_total,
         }
