@@ -26,7 +26,9 @@ SELECT j.job_id, j.proc_name::text,
        coalesce(ca.view_name, j.hypertable_name)::text,
        s.last_run_status::text, s.job_status::text,
        coalesce(s.total_runs, 0), coalesce(s.total_failures, 0),
-       s.last_successful_finish, s.next_start
+       -- a job that never succeeded reads -infinity here, which has no Python datetime
+       CASE WHEN isfinite(s.last_successful_finish) THEN s.last_successful_finish END,
+       CASE WHEN isfinite(s.next_start) THEN s.next_start END
 FROM timescaledb_information.jobs j
 LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
 LEFT JOIN timescaledb_information.continuous_aggregates ca

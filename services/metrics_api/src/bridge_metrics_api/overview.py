@@ -148,6 +148,7 @@ def snapshot_metrics(ov: Overview) -> dict[str, float | None]:
     m["notifier.lag_seconds"] = None if lf is None else lf.notifier_lag_seconds
     m["notifier.outbox_backlog"] = None if lf is None else lf.notifier_outbox_backlog
     m["etl.lag_seconds"] = None if lf is None else lf.etl_lag_seconds
+    m["etl.timescale_jobs_failing"] = None if lf is None else lf.etl_timescale_jobs_failing
     m["services.up"] = None if lf is None else float(lf.services_up)
     m["services.down"] = None if lf is None else float(lf.services_down)
     m["alerts.firing"] = None if ov.alerts is None else float(len(ov.alerts))
