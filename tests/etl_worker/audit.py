@@ -65,7 +65,32 @@ def target_sum(dsn: str, where: str = "") -> tuple[int, str]:
 
 
 def rollup_mismatches(dsn: str) -> list[Any]:
-    """Rows where audit_logs_1m differs from a GROUP BY over audit_logs_ts (empty = equal)."""
+    """Rows where audit_logs_1m differs from a GROUP BY over audit_logs_ts (empty = equal).
+
+    Plain path: the rollup is written with the rows, so it is checked at once. Timescale
+    path: the continuous aggregate converges — rows behind its watermark show once the
+    policy (every minute) or the worker's late-row refresh (every 30 s) has run — so this
+    waits up to 90 s for it to agree, and returns what still differs then.
+    """
+    if not _is_hypertable(dsn):
+        return _rollup_mismatches(dsn)
+    deadline = time.monotonic() + 90.0
+    while True:
+        found = _rollup_mismatches(dsn)
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def _is_hypertable(dsn: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT relkind::text FROM pg_class WHERE oid = 'audit_logs_ts'::regclass"
+        ).fetchone()
+    return row is not None and row[0] != "p"
+
+
+def _rollup_mismatches(dsn: str) -> list[Any]:
     with psycopg.connect(dsn) as conn:
         return conn.execute(
             """

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import pytest
 
 from tests.etl_worker.audit import (
     dead_letters,
@@ -14,6 +15,13 @@ from tests.etl_worker.audit import (
     source_sum,
     target_sum,
 )
+
+
+@pytest.fixture(scope="module")
+def storage() -> str:
+    """Daily partitions are the plain path's own (TimescaleDB has chunks and policies:
+    test_timescale_pglite.py and the suites on `BRIDGE_TEST_TIMESCALE_DSN`)."""
+    return "plain"
 
 
 def _partitions(dsn: str) -> set[str]:

@@ -342,3 +342,32 @@ async def test_job_state_is_read_from_job_stats(pool) -> None:
     stats = EtlStats(CollectorRegistry(), mode="polling")
     stats.jobs(jobs, datetime.now(UTC))
     assert stats.status()["timescale_jobs_failing"] == 1
+
+
+def test_the_suites_timescale_fixtures_work_on_the_extension(migrated: str) -> None:
+    """What the ETL and metrics-API suites do on the Timescale path besides the services:
+    seed audit rows (tests/metrics_api/seed.py), compare the aggregate with the raw rows
+    (tests/etl_worker/audit.py), and empty the target between tests (conftest `clean`)."""
+    from tests.etl_worker.audit import rollup_mismatches
+    from tests.metrics_api.seed import AuditRow, add_audit, is_timescale
+
+    now = datetime.now(UTC)
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        assert is_timescale(conn)
+        conn.execute("TRUNCATE audit_logs_ts")
+        conn.execute("CALL refresh_continuous_aggregate('audit_logs_1m', NULL, NULL)")
+        # the aggregate is materialised up to now, as after a policy run
+        conn.execute(
+            "CALL refresh_continuous_aggregate('audit_logs_1m', NULL, %s)",
+            (bucket_start(now) - BUCKET,),
+        )
+        rows = [AuditRow(now - timedelta(minutes=m), severity="error") for m in (2, 3, 3, 90)]
+        rows.append(AuditRow(now - timedelta(days=5), action="intent.corrected"))
+        assert len(add_audit(conn, rows)) == 5
+        counts = conn.execute(
+            "SELECT action, severity, sum(events)::int FROM audit_logs_1m GROUP BY 1, 2"
+            " ORDER BY 1, 2"
+        ).fetchall()
+    # seeded rows behind the watermark show at once
+    assert counts == [("intent.corrected", "info", 1), ("intent.created", "error", 4)]
+    assert rollup_mismatches(migrated) == []

@@ -21,7 +21,14 @@ from bridge_etl.refresh import LATE_AFTER, bucket_start
 from bridge_etl.target import sync_timescale_retention
 from pglast import ast
 
-from tests.support import infra
+from tests.support import infra, timescale
+
+
+@pytest.fixture(scope="module")
+def storage() -> str:
+    """Stand-ins on plain PostgreSQL (the real extension: test_timescale_pglite.py)."""
+    return "plain"
+
 
 # Stand-ins with TimescaleDB's signatures. SQL functions cannot take "any", so the "any"
 # parameters are polymorphic here; they accept the same intervals the real ones do.
@@ -170,6 +177,8 @@ def test_timescale_migration_parses_and_runs_against_the_timescale_api(db_dsn) -
 
 
 def test_timescale_for_real_where_the_extension_exists(pg_admin_dsn, tmp_path) -> None:
+    server, _ = timescale.server_dsn()
+    pg_admin_dsn = server or pg_admin_dsn
     with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
         have = conn.execute(
             "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"

@@ -35,6 +35,9 @@ from .infra import _pg_answers, free_port
 TIMESCALE_MAJOR = 2
 PG_MAJOR = 17
 
+#: the storage paths the ETL and metrics-API suites run every module on
+STORAGES = ("plain", "timescale")
+
 PGLITE_DIR = Path(__file__).parent / "pglite"
 ENV_DSN = "BRIDGE_TEST_TIMESCALE_DSN"
 
@@ -44,9 +47,8 @@ def server_dsn() -> tuple[str | None, str]:
     dsn = os.environ.get(ENV_DSN)
     if not dsn:
         return None, (
-            f"{ENV_DSN} is not set: the Timescale path of this module needs a TimescaleDB"
-            " server (PGlite serves one connection at a time; its checks are in"
-            " tests/etl_worker/test_timescale_pglite.py)"
+            f"{ENV_DSN} unset: the Timescale path needs a TimescaleDB server"
+            " (without one: tests/etl_worker/test_timescale_pglite.py)"
         )
     err = _pg_answers(dsn)
     if err:
