@@ -20,6 +20,9 @@ import psycopg
 POLL_INTERVAL = 60.0
 #: TimescaleDB's own jobs (telemetry, …) have ids below 1000; policies start at 1000
 FIRST_POLICY_JOB = 1000
+#: the relations whose policies are ours (`audit_logs_ts` and its aggregates); other
+#: applications' jobs in a shared target database are theirs to watch
+OUR_RELATIONS = "audit\\_logs%"
 
 _JOBS = """
 SELECT j.job_id, j.proc_name::text,
@@ -34,7 +37,7 @@ LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
 LEFT JOIN timescaledb_information.continuous_aggregates ca
        ON ca.materialization_hypertable_schema = j.hypertable_schema
       AND ca.materialization_hypertable_name = j.hypertable_name
-WHERE j.job_id >= %s
+WHERE j.job_id >= %s AND coalesce(ca.view_name, j.hypertable_name) LIKE %s
 ORDER BY j.job_id
 """
 
@@ -62,8 +65,8 @@ class JobState:
 
 
 async def read_jobs(conn: psycopg.AsyncConnection[Any]) -> list[JobState]:
-    """The policy jobs of this database and how their runs went."""
-    cur = await conn.execute(_JOBS, (FIRST_POLICY_JOB,), prepare=False)
+    """The policy jobs on Bridge Lite's relations and how their runs went."""
+    cur = await conn.execute(_JOBS, (FIRST_POLICY_JOB, OUR_RELATIONS), prepare=False)
     return [
         JobState(
             job_id=int(r[0]),
