@@ -8,8 +8,10 @@
   tests/support/pglite`, as `.ci/run` does). An in-process WASM PostgreSQL 17 with
   TimescaleDB 2.23: the real extension's SQL — migration, hypertable, continuous
   aggregate, compression, retention, `ON CONFLICT` into compressed chunks — but one client
-  connection at a time, one database and no background jobs, so it serves the checks that
-  drive the worker's code over a single connection, not whole services.
+  connection at a time (a second one waits for the first to close), one database, no
+  background jobs and no `COPY … FROM STDIN` over the socket (the session ends), so it
+  serves the checks that drive the worker's code over a single connection, not whole
+  services.
 
 The versions here are the ones compose.yaml and the docs name for production
 (`TIMESCALE_MAJOR`, `PG_MAJOR`; tests/deploy checks they agree).
