@@ -5,7 +5,8 @@ jobs, so these tests drive the worker's own code — `bridge-migrate`, the sink,
 of late buckets, retention sync, job state — over a single connection; the services
 themselves run on the Timescale path where `BRIDGE_TEST_TIMESCALE_DSN` names a server.
 
-The tests run in order on one PGlite (one database): the migration first.
+One PGlite (one database) serves the module; each test starts from a newly migrated
+target.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,16 +47,6 @@ def server() -> Iterator[PGliteServer]:
         yield srv
 
 
-@pytest.fixture(scope="module")
-def migrated(server: PGliteServer) -> str:
-    """PGlite migrated the way an operator would: extension created, then bridge-migrate."""
-    with psycopg.connect(server.dsn, autocommit=True) as conn:
-        if conn.execute("SELECT to_regclass('bridge.schema_migrations')").fetchone() != (None,):
-            return server.dsn
-    _test_migration(server.dsn)
-    return server.dsn
-
-
 def _cli(dsn: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bridge_common", *args],
@@ -65,23 +57,65 @@ def _cli(dsn: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _test_migration(dsn: str) -> None:
-    # installed, not preloaded (PGlite lists nothing in shared_preload_libraries) and not
-    # created: `timescale` is refused with one line, `auto` would go plain
+@dataclass
+class FirstMigration:
+    """`bridge-migrate` on a server with TimescaleDB installed, run the way an operator
+    would: first before the extension exists, then after `CREATE EXTENSION`."""
+
+    refused: subprocess.CompletedProcess[str]  # BRIDGE_TARGET_STORAGE=timescale, not created
+    done: subprocess.CompletedProcess[str]  # auto, once created
+    check: subprocess.CompletedProcess[str]  # --check afterwards
+    other: subprocess.CompletedProcess[str]  # BRIDGE_TARGET_STORAGE=plain afterwards
+
+
+@pytest.fixture(scope="module")
+def first(server: PGliteServer) -> FirstMigration:
+    dsn = server.dsn
+    # PGlite lists nothing in shared_preload_libraries and the extension is not created
+    # yet, so this runs before anything creates it (once per server)
     refused = _cli(dsn, BRIDGE_TARGET_STORAGE="timescale")
-    assert refused.returncode == 1, refused.stdout
-    assert "add it to shared_preload_libraries" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1
+    _drop_schema(dsn)  # what the refused run applied on the source side
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("DROP SCHEMA IF EXISTS bridge CASCADE")  # the refused run's source part
-        conn.execute("DROP TABLE IF EXISTS intents, audit_logs CASCADE")
         conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-    done = _cli(dsn)  # auto: the extension is created, so TimescaleDB
-    assert done.returncode == 0, done.stderr
-    assert "applied target 0001_audit_logs_ts (timescale)" in done.stdout
-    assert _cli(dsn, "--check").returncode == 0
-    other = _cli(dsn, BRIDGE_TARGET_STORAGE="plain")
-    assert other.returncode == 1 and "migrated for timescale storage" in other.stderr
+    done = _cli(dsn)
+    return FirstMigration(
+        refused, done, _cli(dsn, "--check"), _cli(dsn, BRIDGE_TARGET_STORAGE="plain")
+    )
+
+
+def _drop_schema(dsn: str) -> None:
+    """Everything `bridge-migrate` created, not the extension (PGlite is one backend: a
+    dropped timescaledb cannot be created again in it)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP MATERIALIZED VIEW IF EXISTS audit_logs_1m CASCADE")
+        conn.execute("DROP TABLE IF EXISTS audit_logs_ts CASCADE")  # a hypertable goes alone
+        conn.execute("DROP TABLE IF EXISTS audit_logs, intents CASCADE")
+        conn.execute("DROP SCHEMA IF EXISTS bridge CASCADE")
+
+
+@pytest.fixture
+def migrated(first: FirstMigration, server: PGliteServer) -> str:
+    """A newly migrated target for each test: PGlite has one database, and the tests run
+    in any order."""
+    assert first.done.returncode == 0, first.done.stderr
+    _drop_schema(server.dsn)
+    again = _cli(server.dsn)
+    assert again.returncode == 0, again.stderr
+    return server.dsn
+
+
+def test_storage_choice_on_a_server_with_timescaledb_installed(first: FirstMigration) -> None:
+    # installed, not preloaded, not created: `timescale` is refused with one line
+    assert first.refused.returncode == 1, first.refused.stdout
+    assert "add it to shared_preload_libraries" in first.refused.stderr
+    assert len(first.refused.stderr.strip().splitlines()) == 1
+    # created: auto takes TimescaleDB
+    assert first.done.returncode == 0, first.done.stderr
+    assert "applied target 0001_audit_logs_ts (timescale)" in first.done.stdout
+    assert first.check.returncode == 0
+    # the target keeps its storage
+    assert first.other.returncode == 1
+    assert "migrated for timescale storage" in first.other.stderr
 
 
 def test_migration_builds_the_timescale_objects(migrated: str) -> None:
