@@ -2,9 +2,10 @@
 
 set dotenv-load := false
 
-# install everything (Python deps into .venv)
+# install everything (Python deps into .venv; PGlite with TimescaleDB for the tests, if npm is there)
 setup:
     uv sync --locked
+    if command -v npm >/dev/null; then npm ci --prefix tests/support/pglite --no-audit --no-fund --silent; fi
 
 # run the test suite against real PostgreSQL and Redis (BRIDGE_TEST_DSN / BRIDGE_TEST_REDIS_URL or local)
 test *ARGS:

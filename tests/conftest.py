@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import infra
+from tests.support import infra, timescale
 from tests.support.processes import ServiceProcess
 
 
@@ -34,16 +34,31 @@ def _module_hint(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def db_dsn(pg_admin_dsn: str, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh, empty database for this test module (dropped afterwards)."""
-    name = infra.unique_name("bt", _module_hint(request))
-    dsn = infra.create_database(pg_admin_dsn, name)
-    yield dsn
-    infra.drop_database(pg_admin_dsn, name)
+def storage() -> str:
+    """The target storage this module's database is migrated for (`plain` or
+    `timescale`); the ETL and metrics-API suites override it to run every module on
+    both (`timescale.STORAGES`)."""
+    return "plain"
 
 
 @pytest.fixture(scope="module")
-def migrated_dsn(db_dsn: str) -> str:
+def db_dsn(storage: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty database for this test module (dropped afterwards); on a TimescaleDB
+    server (`BRIDGE_TEST_TIMESCALE_DSN`) when the module runs the Timescale path."""
+    if storage == "timescale":
+        admin, why = timescale.server_dsn()
+        if admin is None:
+            pytest.skip(why)
+    else:
+        admin = request.getfixturevalue("pg_admin_dsn")
+    name = infra.unique_name("bt", _module_hint(request))
+    dsn = infra.create_database(admin, name)
+    yield dsn
+    infra.drop_database(admin, name)
+
+
+@pytest.fixture(scope="module")
+def migrated_dsn(db_dsn: str, storage: str) -> str:
     """The module's database with Bridge Lite's source and target schema applied."""
     import asyncio
 
@@ -51,7 +66,7 @@ def migrated_dsn(db_dsn: str) -> str:
 
     async def go() -> None:
         await migrate.apply(db_dsn, "source")
-        await migrate.apply(db_dsn, "target")
+        await migrate.apply(db_dsn, "target", storage=storage)  # type: ignore[arg-type]
 
     asyncio.run(go())
     return db_dsn

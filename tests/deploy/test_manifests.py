@@ -29,7 +29,7 @@ SERVICE_OF_COMMAND = {
     "bridge-etl": "bridge_etl.settings",
     "bridge-metrics-api": "bridge_metrics_api.settings",
     "bridge-alerter": "bridge_alerter.settings",
-    "bridge-migrate": None,
+    "bridge-migrate": "bridge_common.migrate",
 }
 PORT_VAR = {
     "bridge-notifier": "BRIDGE_NOTIFIER_PORT",

@@ -74,7 +74,32 @@ ROLLUP_LEVELS = (
 
 def rollup_mismatches(dsn: str) -> list[Any]:
     """Rows where a rollup (per action and severity, or the all-actions totals; per
-    minute, hour, day) differs from a GROUP BY over audit_logs_ts (empty = all equal)."""
+    minute, hour, day) differs from a GROUP BY over audit_logs_ts (empty = all equal).
+
+    Plain path: the rollups are written with the rows, so it is checked at once. Timescale
+    path: the continuous aggregates converge — rows behind its watermark show once the
+    policy (every minute) or the worker's late-row refresh (every 30 s) has run — so this
+    waits up to 90 s for it to agree, and returns what still differs then.
+    """
+    if not _is_hypertable(dsn):
+        return _rollup_mismatches(dsn)
+    deadline = time.monotonic() + 90.0
+    while True:
+        found = _rollup_mismatches(dsn)
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def _is_hypertable(dsn: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT relkind::text FROM pg_class WHERE oid = 'audit_logs_ts'::regclass"
+        ).fetchone()
+    return row is not None and row[0] != "p"
+
+
+def _rollup_mismatches(dsn: str) -> list[Any]:
     out: list[Any] = []
     with psycopg.connect(dsn) as conn:
         for table, width in ROLLUP_LEVELS:

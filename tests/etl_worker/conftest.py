@@ -1,4 +1,6 @@
-"""Per-test reset of the module's database and namespace, and the worker's environment."""
+"""Per-test reset of the module's database and namespace, and the worker's environment.
+Every module runs on both storage paths: plain PostgreSQL, and TimescaleDB where
+`BRIDGE_TEST_TIMESCALE_DSN` names a server (tests/support/timescale.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,13 @@ import psycopg
 import pytest
 import redis
 from bridge_common.channels import Channels
+
+from tests.support.timescale import STORAGES
+
+
+@pytest.fixture(scope="module", params=STORAGES)
+def storage(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
@@ -24,13 +33,21 @@ def etl_env(bridge_env: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture
-def clean(migrated_dsn: str, redis_url: str, namespace: str) -> Iterator[str]:
+def clean(migrated_dsn: str, redis_url: str, namespace: str, storage: str) -> Iterator[str]:
     """An empty source and target, an empty stream and dead-letter stream; yields the DSN."""
     with psycopg.connect(migrated_dsn, autocommit=True) as conn:
-        conn.execute(
-            "TRUNCATE audit_logs, bridge.outbox, audit_logs_ts, audit_logs_1m,"
-            " bridge.etl_state, bridge.etl_rejects RESTART IDENTITY"
-        )
+        if storage == "plain":
+            conn.execute(
+                "TRUNCATE audit_logs, bridge.outbox, audit_logs_ts, audit_logs_1m,"
+                " bridge.etl_state, bridge.etl_rejects RESTART IDENTITY"
+            )
+        else:
+            conn.execute(
+                "TRUNCATE audit_logs, bridge.outbox, audit_logs_ts,"
+                " bridge.etl_state, bridge.etl_rejects RESTART IDENTITY"
+            )
+            # the continuous aggregate forgets what it materialised of the old rows
+            conn.execute("CALL refresh_continuous_aggregate('audit_logs_1m', NULL, NULL)")
     ch = Channels(namespace)
     client = redis.Redis.from_url(redis_url)
     client.delete(ch.stream("audit_logs"), ch.dedupe("audit_logs"), ch.etl_dead_letter)

@@ -48,7 +48,7 @@ def test_hybrid_converges_when_the_stream_is_trimmed_mid_run(
 
 
 def test_two_hybrid_workers_at_once_no_duplicates(
-    spawn, etl_env, clean, redis_url, namespace
+    spawn, etl_env, clean, redis_url, namespace, storage
 ) -> None:
     env = {**etl_env, "BRIDGE_ETL_MODE": "hybrid", "BRIDGE_ETL_BATCH_SIZE": "150"}
     a = spawn("etl", env)
@@ -83,7 +83,7 @@ def test_two_hybrid_workers_at_once_no_duplicates(
     assert len(beats) == 2
     for hb in beats:
         st = hb["status"]
-        assert st["mode"] == "hybrid" and st["path"] == "plain"
+        assert st["mode"] == "hybrid" and st["path"] == storage
         assert isinstance(st["lag_seconds"], float | int) and st["lag_seconds"] >= 0
     assert sum(hb["status"]["rows_total"] for hb in beats) == want[0]
     client.close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import pytest
 
 from tests.etl_worker.audit import (
     dead_letters,
@@ -13,6 +15,13 @@ from tests.etl_worker.audit import (
     source_sum,
     target_sum,
 )
+
+
+@pytest.fixture(scope="module")
+def storage() -> str:
+    """Daily partitions are the plain path's own (TimescaleDB has chunks and policies:
+    test_timescale_pglite.py and the suites on `BRIDGE_TEST_TIMESCALE_DSN`)."""
+    return "plain"
 
 
 def _partitions(dsn: str) -> set[str]:
@@ -26,6 +35,11 @@ def _partitions(dsn: str) -> set[str]:
 
 def _day(delta: int) -> str:
     return f"audit_logs_ts_p{datetime.now(UTC).date() + timedelta(days=delta):%Y%m%d}"
+
+
+def _event(logs: str, name: str) -> dict:
+    [found] = [e for e in map(json.loads, logs.splitlines()) if e.get("event") == name]
+    return found
 
 
 def run_once(spawn, env, *args: str) -> str:
@@ -89,6 +103,8 @@ def test_backfill_since_loads_that_range_once(spawn, etl_env, clean, redis_url, 
     since = (datetime.now(UTC) - timedelta(days=2)).isoformat()
     logs = run_once(spawn, etl_env, "backfill", "--since", since, "--batch-size", "128")
     assert '"event": "backfill.done"' in logs and '"same_database": true' in logs
+    # what was stored: the 600 recent rows and the legacy one; not the dead letter
+    assert _event(logs, "backfill.done")["rows"] == 601
     [letter] = dead_letters(redis_url, namespace)
     assert letter["source_id"] == "1002" and "JSON object" in letter["reason"]
     with psycopg.connect(clean) as conn:
@@ -97,8 +113,9 @@ def test_backfill_since_loads_that_range_once(spawn, etl_env, clean, redis_url, 
     plain = "AND actor NOT IN ('bad', 'legacy')"
     want = source_sum(clean, f"WHERE created_at >= '{since}' {plain}")
     assert target_sum(clean, "WHERE actor <> 'legacy'") == want and want[0] == 600
-    run_once(spawn, etl_env, "backfill", "--since", since)  # again: nothing new
+    logs = run_once(spawn, etl_env, "backfill", "--since", since)  # again: nothing new
     assert target_sum(clean, "WHERE actor <> 'legacy'") == want
+    assert _event(logs, "backfill.done")["rows"] == 0
     assert rollup_mismatches(clean) == []
     # the older range, bounded: fills the rest, partitions created for those days
     until = (datetime.now(UTC) - timedelta(days=2)).isoformat()

@@ -27,14 +27,14 @@ def run_once(spawn, env, *args: str, timeout: float = 60) -> str:
 
 
 def test_polling_once_moves_every_row_exactly_once(
-    spawn, etl_env, clean, redis_url, namespace
+    spawn, etl_env, clean, redis_url, namespace, storage
 ) -> None:
     insert_rows(clean, 2500, hours=40)
     with psycopg.connect(clean, autocommit=True) as conn:  # id 2501: cannot be stored
         conn.execute("INSERT INTO audit_logs (actor, action, details) VALUES ('b', 'x', '[1]')")
     insert_rows(clean, 2499, hours=40, start=2501)
     logs = run_once(spawn, etl_env, "--mode", "polling", "--once", "--batch-size", "700")
-    assert '"path": "plain"' in logs and '"event": "etl.path"' in logs
+    assert f'"path": "{storage}"' in logs and '"event": "etl.path"' in logs
     assert target_sum(clean) == source_sum(clean, "WHERE id <> 2501")
     assert rollup_mismatches(clean) == []
     [letter] = dead_letters(redis_url, namespace)

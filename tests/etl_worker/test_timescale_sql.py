@@ -17,10 +17,18 @@ import psycopg
 import pytest
 from bridge_common.migrate import split_statements
 from bridge_etl import sink
+from bridge_etl.refresh import LATE_AFTER, bucket_start
 from bridge_etl.target import sync_timescale_retention
 from pglast import ast
 
-from tests.support import infra
+from tests.support import infra, timescale
+
+
+@pytest.fixture(scope="module")
+def storage() -> str:
+    """Stand-ins on plain PostgreSQL (the real extension: test_timescale_pglite.py)."""
+    return "plain"
+
 
 # Stand-ins with TimescaleDB's signatures. SQL functions cannot take "any", so the "any"
 # parameters are polymorphic here; they accept the same intervals the real ones do.
@@ -59,6 +67,7 @@ CREATE PROCEDURE refresh_continuous_aggregate(
     continuous_aggregate REGCLASS, window_start ANYCOMPATIBLE, window_end ANYCOMPATIBLE
 ) LANGUAGE sql AS $$ SELECT 1 $$;
 """
+LATE = {"late_after": LATE_AFTER.total_seconds()}
 CAGG_OPTIONS = {"continuous", "materialized_only"}
 COMPRESS_OPTIONS = {"compress", "compress_segmentby", "compress_orderby"}
 
@@ -125,35 +134,51 @@ def test_timescale_migration_parses_and_runs_against_the_timescale_api(db_dsn) -
                 "INSERT INTO etl_stage VALUES (1, now(), NULL, 'a', 'x', 'info', '{}'),"
                 " (2, now() - interval '3 days', NULL, 'a', 'y', 'error', '{}')"
             )
-            first = conn.execute(sink._LOAD_TIMESCALE).fetchone()
+            first = conn.execute(sink._LOAD_TIMESCALE, LATE).fetchone()
         with conn.transaction():
             conn.execute(
                 "INSERT INTO etl_stage VALUES (1, (SELECT created_at FROM"
                 " audit_logs_ts WHERE source_id = 1), NULL, 'a', 'x', 'info', '{}')"
             )
-            again = conn.execute(sink._LOAD_TIMESCALE).fetchone()
+            again = conn.execute(sink._LOAD_TIMESCALE, LATE).fetchone()
         assert first[0] == 2 and again[0] == 0
+        # only the row 3 days late is noted for a refresh, as its minute bucket
+        old = conn.execute("SELECT created_at FROM audit_logs_ts WHERE source_id = 2").fetchone()
+        assert first[4] == [bucket_start(old[0])] and again[4] is None
         conn.execute(
             "CALL refresh_continuous_aggregate('audit_logs_1m', now() - interval '4 days', now())"
         )
         # the worker's retention sync reads the policy from timescaledb_information.jobs
+        # the worker's retention sync reads the policies from timescaledb_information
+        # (the aggregate's policy is on its materialisation hypertable)
         conn.execute(
             "CREATE SCHEMA timescaledb_information;"
-            " CREATE TABLE timescaledb_information.jobs (proc_name name, hypertable_name name,"
-            " config jsonb);"
+            " CREATE TABLE timescaledb_information.jobs (job_id int, proc_name name,"
+            " hypertable_schema name, hypertable_name name, config jsonb);"
+            " CREATE TABLE timescaledb_information.continuous_aggregates (view_name name,"
+            " materialization_hypertable_schema name, materialization_hypertable_name name);"
+            " INSERT INTO timescaledb_information.continuous_aggregates VALUES"
+            " ('audit_logs_1m', '_timescaledb_internal', '_materialized_hypertable_2');"
             " INSERT INTO timescaledb_information.jobs VALUES"
-            " ('policy_retention', 'audit_logs_ts', '{\"drop_after\": \"90 days\"}')"
+            " (1002, 'policy_retention', 'public', 'audit_logs_ts',"
+            '  \'{"drop_after": "90 days"}\'),'
+            " (1003, 'policy_retention', '_timescaledb_internal', '_materialized_hypertable_2',"
+            '  \'{"drop_after": "400 days"}\')'
         )
 
-    async def sync(days: int) -> bool:
+    async def sync(days: int, relation: str = "audit_logs_ts") -> bool:
         async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as aconn:
-            return await sync_timescale_retention(aconn, days)
+            return await sync_timescale_retention(aconn, days, relation)
 
     assert asyncio.run(sync(90)) is False  # as the migration set it
     assert asyncio.run(sync(30)) is True  # removed and added again with 30 days
+    assert asyncio.run(sync(400, "audit_logs_1m")) is False
+    assert asyncio.run(sync(365, "audit_logs_1m")) is True
 
 
 def test_timescale_for_real_where_the_extension_exists(pg_admin_dsn, tmp_path) -> None:
+    server, _ = timescale.server_dsn()
+    pg_admin_dsn = server or pg_admin_dsn
     with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
         have = conn.execute(
             "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"

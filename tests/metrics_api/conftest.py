@@ -8,6 +8,14 @@ import pytest
 import redis
 
 from tests.support.processes import ServiceProcess
+from tests.support.timescale import STORAGES
+
+
+@pytest.fixture(scope="module", params=STORAGES)
+def storage(request: pytest.FixtureRequest) -> str:
+    """Every module runs on both storage paths: plain PostgreSQL, and TimescaleDB where
+    `BRIDGE_TEST_TIMESCALE_DSN` names a server (tests/support/timescale.py)."""
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")

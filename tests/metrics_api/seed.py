@@ -1,5 +1,6 @@
 """Seed the metrics API's sources directly: audit rows with their per-minute rollup (as the
-ETL writes them on plain PostgreSQL), intents, heartbeats and alert state in Redis."""
+ETL writes them on plain PostgreSQL; on TimescaleDB the continuous aggregate counts them,
+refreshed over the seeded minutes), intents, heartbeats and alert state in Redis."""
 
 from __future__ import annotations
 
@@ -42,10 +43,22 @@ class AuditRow:
 _next_id = [int(time.time() * 1000) % 10_000_000 * 1000]
 
 
+def is_timescale(conn: psycopg.Connection[Any]) -> bool:
+    """audit_logs_ts is a hypertable (not a partitioned table)."""
+    row = conn.execute(
+        "SELECT relkind::text FROM pg_class WHERE oid = 'audit_logs_ts'::regclass"
+    ).fetchone()
+    return row is not None and row[0] != "p"
+
+
 def add_audit(conn: psycopg.Connection[Any], rows: list[AuditRow]) -> list[int]:
-    """Insert rows into audit_logs_ts and count them into audit_logs_1m, in one transaction."""
+    """Insert rows into audit_logs_ts and count them into audit_logs_1m, in one transaction
+    (plain path); on TimescaleDB insert them and refresh the aggregate over their minutes,
+    so they show whatever its policy has materialised already. `conn` is autocommit."""
     if not rows:
         return []
+    if is_timescale(conn):
+        return _add_audit_timescale(conn, rows)
     days = sorted({r.created_at.astimezone(UTC).date() for r in rows})
     ensure_partitions(conn, days[0], days[-1])
     ids = []
@@ -73,6 +86,34 @@ def add_audit(conn: psycopg.Connection[Any], rows: list[AuditRow]) -> list[int]:
                 "DO UPDATE SET events = audit_logs_1m.events + 1",
                 (r.created_at, r.action, r.severity),
             )
+    return ids
+
+
+def _add_audit_timescale(conn: psycopg.Connection[Any], rows: list[AuditRow]) -> list[int]:
+    ids = []
+    with conn.transaction():
+        for r in rows:
+            _next_id[0] += 1
+            ids.append(_next_id[0])
+            conn.execute(
+                "INSERT INTO audit_logs_ts (source_id, created_at, intent_id, actor, action, "
+                "severity, details) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (
+                    _next_id[0],
+                    r.created_at,
+                    r.intent_id,
+                    r.actor,
+                    r.action,
+                    r.severity,
+                    Jsonb(r.details),
+                ),
+            )
+    first = min(r.created_at for r in rows).replace(second=0, microsecond=0)
+    last = max(r.created_at for r in rows).replace(second=0, microsecond=0)
+    conn.execute(
+        "CALL refresh_continuous_aggregate('audit_logs_1m', %s, %s)",
+        (first, last + timedelta(minutes=1)),
+    )
     return ids
 
 

@@ -82,10 +82,16 @@ def seeded(db, r, namespace, api):  # noqa: ANN001, ANN201
             heartbeat(
                 "notifier", "n-2", {"lag_seconds": 9.0, "outbox_backlog": 50, "leader": False}
             ),
-            heartbeat("etl", "e-1", {"lag_seconds": 1.5}),
-            heartbeat("etl", "e-2", {"lag_seconds": 2.5}),
+            heartbeat("etl", "e-1", {"lag_seconds": 1.5, "timescale_jobs_failing": 0}),
+            heartbeat("etl", "e-2", {"lag_seconds": 2.5, "timescale_jobs_failing": 2}),
             # crashed longer ago than BRIDGE_HEARTBEAT_EXPIRY (300 s): gone, not down
-            heartbeat("etl", "e-gone", {"lag_seconds": 999.0}, age=400, interval=1),
+            heartbeat(
+                "etl",
+                "e-gone",
+                {"lag_seconds": 999.0, "timescale_jobs_failing": 9},
+                age=400,
+                interval=1,
+            ),
         ],
     )
     r.hset(Channels(namespace).services, "junk/x", b"not a heartbeat")
@@ -198,6 +204,7 @@ def test_snapshot_published_with_the_right_values(api, seeded, r, namespace) -> 
     assert m["intents.failed_5m"] == 2
     assert m["corrections.count_1h"] == 1
     assert m["etl.lag_seconds"] == 2.5
+    assert m["etl.timescale_jobs_failing"] == 2  # the worst ETL worker's count
     assert m["notifier.lag_seconds"] == 0.4
     assert m["notifier.outbox_backlog"] == 3
     assert m["services.down"] == 1 and m["services.up"] == 7

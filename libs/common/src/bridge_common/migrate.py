@@ -1,10 +1,15 @@
 """`bridge-migrate`: versioned SQL for the source and the target database.
 
 Migrations live in `sql/source/` and `sql/target/` as `NNNN_name.sql`. A file may come in
-variants chosen by what the database offers: `NNNN_name.timescale.sql` runs where the
-`timescaledb` extension is available, `NNNN_name.plain.sql` where it is not; both record
-the same version. Each migration runs in its own transaction under an advisory lock and
-is recorded in `bridge.schema_migrations` (scope, version) — applying twice is a no-op.
+variants: `NNNN_name.timescale.sql` for TimescaleDB storage, `NNNN_name.plain.sql` for
+partitioned PostgreSQL; both record the same version. `BRIDGE_TARGET_STORAGE` picks the
+variant (`choose_variant`): `auto` takes TimescaleDB only where it can actually be used —
+the extension is created already, or installed and preloaded (`shared_preload_libraries`);
+installed but not preloaded, `CREATE EXTENSION` would end the session with a FATAL. Once a
+database holds a variant, later migrations keep to it. Each migration runs in its own
+transaction under an advisory lock and is recorded in `bridge.schema_migrations`
+(scope, version) — applying twice is a no-op. A failure is reported as itself: releasing
+the lock afterwards is best effort and never replaces the error.
 A file whose first line is `-- bridge:no-transaction` runs statement by statement in
 autocommit (TimescaleDB continuous aggregates cannot be created in a transaction).
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import sys
 from dataclasses import dataclass
@@ -20,11 +26,15 @@ from importlib import resources
 from typing import Any, Literal
 
 import psycopg
+from pydantic import Field, field_validator
 
 from .errors import MigrationError
 from .settings import BridgeSettings, load_settings
 
 Scope = Literal["source", "target"]
+#: `BRIDGE_TARGET_STORAGE`: what the time series is stored in
+Storage = Literal["auto", "timescale", "plain"]
+Variant = Literal["timescale", "plain"]
 _LOCK_KEY = 0x6272_6964  # "brid": serialises concurrent bridge-migrate runs
 
 _TRACKING_DDL = """
@@ -38,6 +48,10 @@ CREATE TABLE IF NOT EXISTS bridge.schema_migrations (
     PRIMARY KEY (scope, version)
 );
 """
+_RECORD = (
+    "INSERT INTO bridge.schema_migrations (scope, version, variant, checksum)"
+    " VALUES (%s, %s, %s, %s)"
+)
 
 
 @dataclass(frozen=True)
@@ -137,9 +151,106 @@ def _has_code(stmt: str) -> bool:
     return bool(lines)
 
 
-async def timescale_available(conn: psycopg.AsyncConnection[Any]) -> bool:
-    cur = await conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
-    return await cur.fetchone() is not None
+@dataclass(frozen=True, slots=True)
+class TimescaleState:
+    """What a database offers of TimescaleDB."""
+
+    installed: bool  # in pg_available_extensions
+    created: bool  # CREATE EXTENSION done in this database
+    preloaded: bool  # the library is loaded at server start (shared_preload_libraries)
+
+    @property
+    def usable(self) -> bool:
+        return self.created or (self.installed and self.preloaded)
+
+
+def preload_names(setting: str) -> set[str]:
+    """Library names in a `shared_preload_libraries` value (`'$libdir/timescaledb.so'` →
+    `timescaledb`)."""
+    names = set()
+    for part in setting.split(","):
+        name = part.strip().strip('"').strip()
+        name = name.rsplit("/", 1)[-1]
+        name = name.removesuffix(".so")
+        if name:
+            names.add(name)
+    return names
+
+
+async def timescale_state(conn: psycopg.AsyncConnection[Any]) -> TimescaleState:
+    # A loaded library registers its `timescaledb.*` settings in pg_settings (unloaded,
+    # they are placeholders, which pg_settings does not list).
+    cur = await conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),"
+        " EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'),"
+        " current_setting('shared_preload_libraries'),"
+        " EXISTS (SELECT 1 FROM pg_settings WHERE name LIKE 'timescaledb.%%')"
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    installed, created, preload, loaded = row
+    preloaded = "timescaledb" in preload_names(str(preload or "")) or bool(loaded)
+    return TimescaleState(bool(installed), bool(created), preloaded)
+
+
+def choose_variant(storage: Storage, state: TimescaleState, recorded: str | None) -> Variant:
+    """The variant to apply, or `MigrationError` with one line saying why none can be.
+
+    `recorded` is the variant the database was migrated with before (None if none yet).
+    """
+    if recorded in ("timescale", "plain"):
+        if storage != "auto" and storage != recorded:
+            raise MigrationError(
+                f"BRIDGE_TARGET_STORAGE={storage}, but the target database was migrated for"
+                f" {recorded} storage; a different storage needs a new target database"
+            )
+        return "timescale" if recorded == "timescale" else "plain"
+    if storage == "plain":
+        return "plain"
+    if state.usable:
+        return "timescale"
+    if storage == "auto":
+        return "plain"
+    if not state.installed:
+        raise MigrationError(
+            "BRIDGE_TARGET_STORAGE=timescale, but the timescaledb extension is not installed"
+            " on the target server"
+        )
+    raise MigrationError(
+        "BRIDGE_TARGET_STORAGE=timescale, but timescaledb is installed and not preloaded:"
+        " add it to shared_preload_libraries on the target server and restart PostgreSQL"
+    )
+
+
+async def _recorded_variant(conn: psycopg.AsyncConnection[Any], scope: Scope) -> str | None:
+    cur = await conn.execute("SELECT to_regclass('bridge.schema_migrations') IS NOT NULL")
+    row = await cur.fetchone()
+    if not row or not row[0]:
+        return None
+    cur = await conn.execute(
+        "SELECT variant FROM bridge.schema_migrations WHERE scope = %s AND variant <> ''"
+        " ORDER BY version DESC LIMIT 1",
+        (scope,),
+    )
+    found = await cur.fetchone()
+    return None if found is None else str(found[0])
+
+
+async def _plan(
+    conn: psycopg.AsyncConnection[Any], scope: Scope, storage: Storage
+) -> list[Migration]:
+    """The scope's migrations in the variant this database gets."""
+    migrations = load_migrations(scope)
+    if not any(m.variant for m in migrations):
+        return migrations
+    state = await timescale_state(conn)
+    variant = choose_variant(storage, state, await _recorded_variant(conn, scope))
+    return select_variants(migrations, variant == "timescale")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 async def _applied(conn: psycopg.AsyncConnection[Any], scope: Scope) -> dict[str, str]:
@@ -149,57 +260,83 @@ async def _applied(conn: psycopg.AsyncConnection[Any], scope: Scope) -> dict[str
     return {v: c for v, c in await cur.fetchall()}
 
 
-async def pending(dsn: str, scope: Scope) -> list[Migration]:
+async def _connect(dsn: str, scope: Scope) -> psycopg.AsyncConnection[Any]:
+    try:
+        return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise MigrationError(f"cannot connect to the {scope} database: {_first_line(exc)}") from exc
+
+
+async def pending(dsn: str, scope: Scope, *, storage: Storage = "auto") -> list[Migration]:
     """Migrations of `scope` not yet applied to `dsn` (read-only)."""
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        ts = await timescale_available(conn)
-        cur = await conn.execute("SELECT to_regclass('bridge.schema_migrations')")
-        row = await cur.fetchone()
-        done = await _applied(conn, scope) if row and row[0] else {}
-        return [m for m in select_variants(load_migrations(scope), ts) if m.version not in done]
-
-
-async def apply(dsn: str, scope: Scope, *, out: Any = None) -> list[Migration]:
-    """Apply the pending migrations of `scope` to `dsn`; returns what was applied."""
-    applied: list[Migration] = []
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        await conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+    async with await _connect(dsn, scope) as conn:
         try:
-            await conn.execute(_TRACKING_DDL)
-            ts = await timescale_available(conn)
-            done = await _applied(conn, scope)
-            for m in select_variants(load_migrations(scope), ts):
-                if m.version in done:
-                    continue
-                try:
-                    if m.no_transaction:
-                        for stmt in split_statements(m.sql):
-                            await conn.execute(stmt.encode())
-                        await conn.execute(
-                            "INSERT INTO bridge.schema_migrations (scope, version, variant,"
-                            " checksum) VALUES (%s, %s, %s, %s)",
-                            (scope, m.version, m.variant, m.checksum),
-                        )
-                    else:
-                        async with conn.transaction():
-                            await conn.execute(m.sql.encode())
-                            await conn.execute(
-                                "INSERT INTO bridge.schema_migrations (scope, version, variant,"
-                                " checksum) VALUES (%s, %s, %s, %s)",
-                                (scope, m.version, m.variant, m.checksum),
-                            )
-                except psycopg.Error as exc:
-                    raise MigrationError(
-                        f"{scope} migration {m.version}"
-                        f"{'.' + m.variant if m.variant else ''} failed: "
-                        f"{str(exc).strip().splitlines()[0]}"
-                    ) from exc
-                applied.append(m)
-                if out is not None:
-                    label = f"{m.version}{' (' + m.variant + ')' if m.variant else ''}"
-                    print(f"applied {scope} {label}", file=out)
-        finally:
+            planned = await _plan(conn, scope, storage)
+            cur = await conn.execute("SELECT to_regclass('bridge.schema_migrations')")
+            row = await cur.fetchone()
+            done = await _applied(conn, scope) if row and row[0] else {}
+        except psycopg.Error as exc:
+            raise MigrationError(f"{scope} database: {_first_line(exc)}") from exc
+        return [m for m in planned if m.version not in done]
+
+
+async def apply(
+    dsn: str, scope: Scope, *, out: Any = None, storage: Storage = "auto"
+) -> list[Migration]:
+    """Apply the pending migrations of `scope` to `dsn`; returns what was applied."""
+    async with await _connect(dsn, scope) as conn:
+        try:
+            await conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        except psycopg.Error as exc:
+            raise MigrationError(f"{scope} database: {_first_line(exc)}") from exc
+        try:
+            applied = await _apply_locked(conn, scope, out, storage)
+        except BaseException:
+            # The error in flight is the one to report. If the session died with it, the
+            # server released the lock already; if not, release it, but never let a
+            # failing unlock stand in for the real error.
+            if not conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+            raise
+        try:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+        except psycopg.Error as exc:
+            raise MigrationError(f"{scope} database: {_first_line(exc)}") from exc
+    return applied
+
+
+async def _apply_locked(
+    conn: psycopg.AsyncConnection[Any], scope: Scope, out: Any, storage: Storage
+) -> list[Migration]:
+    applied: list[Migration] = []
+    try:
+        await conn.execute(_TRACKING_DDL)
+        planned = await _plan(conn, scope, storage)
+        done = await _applied(conn, scope)
+    except psycopg.Error as exc:
+        raise MigrationError(f"{scope} database: {_first_line(exc)}") from exc
+    for m in planned:
+        if m.version in done:
+            continue
+        try:
+            if m.no_transaction:
+                for stmt in split_statements(m.sql):
+                    await conn.execute(stmt.encode())
+                await conn.execute(_RECORD, (scope, m.version, m.variant, m.checksum))
+            else:
+                async with conn.transaction():
+                    await conn.execute(m.sql.encode())
+                    await conn.execute(_RECORD, (scope, m.version, m.variant, m.checksum))
+        except psycopg.Error as exc:
+            raise MigrationError(
+                f"{scope} migration {m.version}{'.' + m.variant if m.variant else ''}"
+                f" failed: {_first_line(exc)}"
+            ) from exc
+        applied.append(m)
+        if out is not None:
+            label = f"{m.version}{' (' + m.variant + ')' if m.variant else ''}"
+            print(f"applied {scope} {label}", file=out)
     return applied
 
 
@@ -227,15 +364,26 @@ async def unwatch(dsn: str, table: str) -> None:
             ) from exc
 
 
-async def migrate_all(settings: BridgeSettings, *, out: Any = None) -> list[Migration]:
+async def migrate_all(settings: MigrateSettings, *, out: Any = None) -> list[Migration]:
     """Source migrations on the source DSN, target migrations on the target DSN."""
     applied = await apply(settings.source_dsn, "source", out=out)
-    applied += await apply(settings.effective_target_dsn, "target", out=out)
+    applied += await apply(
+        settings.effective_target_dsn, "target", out=out, storage=settings.target_storage
+    )
     return applied
 
 
 class MigrateSettings(BridgeSettings):
     service_name = "migrate"
+
+    #: `auto`: TimescaleDB where it can be used (created, or installed and preloaded),
+    #: else partitioned PostgreSQL; `timescale` fails with one line where it cannot be had
+    target_storage: Storage = Field(default="auto", validation_alias="BRIDGE_TARGET_STORAGE")
+
+    @field_validator("target_storage", mode="before")
+    @classmethod
+    def _lower_storage(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -264,7 +412,9 @@ async def _main(args: argparse.Namespace) -> int:
     )
     if args.check:
         todo = await pending(settings.source_dsn, "source")
-        todo += await pending(settings.effective_target_dsn, "target")
+        todo += await pending(
+            settings.effective_target_dsn, "target", storage=settings.target_storage
+        )
         for m in todo:
             print(f"pending {m.scope} {m.version}")
         if not todo:

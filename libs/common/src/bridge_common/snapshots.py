@@ -51,6 +51,7 @@ SNAPSHOT_METRICS = CONTRACT_METRICS | frozenset(
         "alerts.firing",
         "source_db.up",
         "target_db.up",
+        "etl.timescale_jobs_failing",
     }
 )
 

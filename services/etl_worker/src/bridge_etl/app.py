@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 from bridge_common.db import Backoff, open_pool
@@ -18,13 +19,15 @@ from psycopg_pool import AsyncConnectionPool
 from .backfill import backfill
 from .deadletter import DeadLetters
 from .errors import TargetNotMigrated
+from .jobs import POLL_INTERVAL as JOBS_POLL_INTERVAL
+from .jobs import read_jobs
 from .partitions import Partitions
 from .polling import Poller
 from .settings import Settings
 from .sink import Sink, Stopping
 from .stats import EtlStats
 from .stream import StreamConsumer
-from .target import Path, detect_path, sync_timescale_retention
+from .target import ROLLUP_RELATIONS, Path, detect_path, sync_timescale_retention
 
 #: seconds between refreshes of the continuous aggregate over late rows (Timescale path)
 REFRESH_INTERVAL = 30.0
@@ -80,16 +83,7 @@ class EtlWorker:
                     path = await detect_path(conn)
                     await conn.commit()
                     if path == "timescale":
-                        await conn.set_autocommit(True)
-                        try:
-                            days = self.settings.retention_days
-                            if await sync_timescale_retention(conn, days):
-                                self.log.info("timescale.retention_set", days=days)
-                        except psycopg.errors.InsufficientPrivilege as exc:
-                            # the migration's 90-day policy stays; say so and go on
-                            self.log.warning("timescale.retention_unchanged", error=str(exc))
-                        finally:
-                            await conn.set_autocommit(False)
+                        await self._sync_retention(conn)
                     return path
             except psycopg.OperationalError as exc:
                 self.log.warning("target.unreachable", error=str(exc).strip())
@@ -97,6 +91,35 @@ class EtlWorker:
                     await asyncio.wait_for(stop.wait(), backoff.next_delay())
                 if stop.is_set():
                     raise Stopping from exc
+
+    async def _sync_retention(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Timescale: the retention policies as the settings say (raw rows; every
+        continuous aggregate, as the plain path prunes every rollup table)."""
+        wanted = {"audit_logs_ts": self.settings.retention_days}
+        wanted.update(dict.fromkeys(ROLLUP_RELATIONS, self.settings.rollup_retention_days))
+        await conn.set_autocommit(True)
+        try:
+            for relation, days in wanted.items():
+                try:
+                    if await sync_timescale_retention(conn, days, relation):
+                        self.log.info("timescale.retention_set", relation=relation, days=days)
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    # the migration's policy stays; say so and go on
+                    self.log.warning(
+                        "timescale.retention_unchanged", relation=relation, error=str(exc)
+                    )
+        finally:
+            await conn.set_autocommit(False)
+
+    async def poll_jobs(self) -> None:
+        """Timescale: read the background jobs' state into the metrics and heartbeat."""
+        async with self.target.connection() as conn:
+            found = await read_jobs(conn)
+            await conn.rollback()
+        self.stats.jobs(found, datetime.now(UTC))
+        failing = [j.label for j in found if j.failing]
+        if failing:
+            self.log.warning("timescale.jobs_failing", jobs=failing)
 
     async def maintain(self) -> None:
         if self.path == "plain":
@@ -129,6 +152,11 @@ class EtlWorker:
         self.stats.path = self.path
         self.log.info("etl.path", path=self.path, batch_size=self.settings.batch_size)
         await self.maintain()
+        if self.path == "timescale":
+            try:
+                await self.poll_jobs()
+            except psycopg.Error as exc:
+                self.log.warning("timescale_jobs.failed", error=str(exc).strip())
         sink = Sink(self.target, self.path, self.dead_letters, self.stats, self.partitions)
         try:
             await self._run_mode(sink, stop)
@@ -191,6 +219,9 @@ class EtlWorker:
                 if self.path == "timescale":
                     tg.create_task(
                         self._every(stop, REFRESH_INTERVAL, "refresh", sink.flush_refresh)
+                    )
+                    tg.create_task(
+                        self._every(stop, JOBS_POLL_INTERVAL, "timescale_jobs", self.poll_jobs)
                     )
 
 

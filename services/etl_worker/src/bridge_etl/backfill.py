@@ -46,7 +46,8 @@ async def backfill(
     batch_size: int,
     same_database: bool = False,
 ) -> int:
-    """Load rows with `since <= created_at < until`; returns how many were read."""
+    """Load rows with `since <= created_at < until`; returns how many were stored (rows
+    already in the target, past the retention or dead-lettered are not)."""
     async with source.connection() as conn:
         cur = await conn.execute("SELECT min(id) FROM audit_logs WHERE created_at >= %s", (since,))
         row = await cur.fetchone()
@@ -55,11 +56,19 @@ async def backfill(
         return 0
     start = int(row[0]) - 1
     end = until or datetime.max.replace(tzinfo=UTC)
-    total = await _pages(source, sink, stop, start, since, until, end, batch_size, same_database)
+    stored, expired = await _pages(
+        source, sink, stop, start, since, until, end, batch_size, same_database
+    )
     await sink.flush_refresh()
     sink.stats.idle(ORIGIN)
-    log.info("backfill.done", rows=total, since=since.isoformat(), same_database=same_database)
-    return total
+    log.info(
+        "backfill.done",
+        rows=stored,
+        expired=expired,
+        since=since.isoformat(),
+        same_database=same_database,
+    )
+    return stored
 
 
 async def _pages(
@@ -72,8 +81,9 @@ async def _pages(
     end: datetime,
     batch_size: int,
     same_database: bool,
-) -> int:
-    """Plan `PAGES_IN_FLIGHT` consecutive pages, load them side by side, repeat."""
+) -> tuple[int, int]:
+    """Plan `PAGES_IN_FLIGHT` consecutive pages, load them side by side, repeat; returns
+    the rows stored and the rows skipped as past the retention."""
 
     async def load(lo: int, hi: int, expired: int) -> int:
         if same_database:
@@ -91,14 +101,15 @@ async def _pages(
             result, leftovers = await sink.load_streamed_range(
                 source, lo, hi, since=since, until=until, origin=ORIGIN, stop=stop
             )
+        stored = result.inserted
         if leftovers:
             rows, rejects = to_rows(leftovers, ORIGIN)
-            await sink.load(rows, rejects, origin=ORIGIN, stop=stop)
+            stored += (await sink.load(rows, rejects, origin=ORIGIN, stop=stop)).inserted
         if expired:
             sink.stats.expired(expired)
-        return result.inserted + len(leftovers) + expired
+        return stored
 
-    total = 0
+    total = expired_total = 0
     done = False
     while not stop.is_set() and not done:
         cutoff = sink.partitions.expired_before()
@@ -120,4 +131,5 @@ async def _pages(
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(load(lo, hi, expired)) for lo, hi, expired in pages]
         total += sum(t.result() for t in tasks)
-    return total
+        expired_total += sum(expired for _, _, expired in pages)
+    return total, expired_total

@@ -39,13 +39,16 @@ class Settings(BridgeSettings):
     max_deliveries: int = Field(
         default=5, ge=1, le=1000, validation_alias="BRIDGE_ETL_MAX_DELIVERIES"
     )
-    #: raw rows are kept this many days (partitions dropped / Timescale retention policy)
+    #: raw rows are kept this many days (partitions dropped / Timescale retention policy).
+    #: At least 3: the continuous aggregate's policy re-reads the last 2 days, and dropping
+    #: raw rows inside that window would erase their counts from the aggregate too.
     retention_days: int = Field(
-        default=90, ge=1, le=36_500, validation_alias="BRIDGE_ETL_RETENTION_DAYS"
+        default=90, ge=3, le=36_500, validation_alias="BRIDGE_ETL_RETENTION_DAYS"
     )
-    #: per-minute rollup rows are kept this many days (as the continuous aggregate's policy)
+    #: per-minute rollup rows are kept this many days (plain: rows deleted; Timescale: the
+    #: continuous aggregate's retention policy is set to it at start-up). At least 3, as above.
     rollup_retention_days: int = Field(
-        default=400, ge=1, le=36_500, validation_alias="BRIDGE_ETL_ROLLUP_RETENTION_DAYS"
+        default=400, ge=3, le=36_500, validation_alias="BRIDGE_ETL_ROLLUP_RETENTION_DAYS"
     )
     #: daily partitions created ahead of today (plain PostgreSQL path)
     partitions_ahead: int = Field(

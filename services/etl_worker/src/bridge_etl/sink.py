@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from .deadletter import DeadLetters, Reject
 from .partitions import Partitions
+from .refresh import LATE_AFTER, LateRanges
 from .stats import EtlStats
 from .target import Path
 from .transform import SEVERITIES, TargetRow
@@ -77,7 +78,10 @@ WITH ins AS (
     ON CONFLICT DO NOTHING
     RETURNING created_at, action, severity
 )
-SELECT count(*), max(created_at), min(created_at), 0 FROM ins
+SELECT count(*), max(created_at), min(created_at), 0,
+       array_agg(DISTINCT date_bin('1 minute', created_at, timestamptz '2000-01-01 00:00:00+00'))
+           FILTER (WHERE created_at < now() - make_interval(secs => %(late_after)s))
+FROM ins
 """
 # Same database: rows go from `audit_logs` to `audit_logs_ts` without leaving the server.
 # The filter is `transform.from_source`'s fast path; rows failing it take the row path.
@@ -129,6 +133,15 @@ _AGGREGATES = (
     ("audit_totals_1d", timedelta(days=1)),
 )
 _ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _floor(t: datetime, width: timedelta) -> datetime:
+    return _ORIGIN + (t - _ORIGIN) // width * width
+
+
+def _ceil(t: datetime, width: timedelta) -> datetime:
+    return _ORIGIN - (_ORIGIN - t) // width * width
+
 
 #: errors worth retrying the same batch for (the database, not the data)
 _TRANSIENT = (
@@ -190,8 +203,8 @@ class Sink:
         self.stats = stats
         self.partitions = partitions
         self._staged: weakref.WeakSet[psycopg.AsyncConnection[Any]] = weakref.WeakSet()
-        # Timescale: rows landing behind the aggregate's refresh window need a refresh
-        self._refresh: tuple[datetime, datetime] | None = None
+        # Timescale: buckets that late rows landed in, for the next `flush_refresh`
+        self._late = LateRanges()
 
     async def load(
         self,
@@ -249,6 +262,7 @@ class Sink:
             "until": until or datetime.max.replace(tzinfo=UTC),
             "cutoff": self.partitions.expired_before(),
             "severities": sorted(SEVERITIES),
+            "late_after": LATE_AFTER.total_seconds(),
         }
         sql = _LOAD_PLAIN_FROM_SOURCE if self.path == "plain" else _LOAD_TIMESCALE_FROM_SOURCE
         backoff = Backoff(base=0.2, cap=5.0)
@@ -318,8 +332,8 @@ class Sink:
         """Account for one server-side range load (`inserted, newest, oldest` row)."""
         assert rec is not None
         result = LoadResult(inserted=int(rec[0]), newest_inserted=rec[1])
-        if self.path == "timescale" and rec[2] is not None:
-            self._note_refresh(rec[2], rec[1])
+        if self.path == "timescale":
+            self._note_refresh(rec[4])
         self.stats.loaded(origin, result.inserted, 0, time.monotonic() - started)
         self.stats.committed(origin, result.newest_inserted)
         return result
@@ -334,6 +348,7 @@ class Sink:
             "until": until or datetime.max.replace(tzinfo=UTC),
             "cutoff": self.partitions.expired_before(),
             "severities": sorted(SEVERITIES),
+            "late_after": LATE_AFTER.total_seconds(),
         }
 
     async def _load_once(
@@ -383,42 +398,52 @@ class Sink:
                     async with cur.copy(_COPY) as copy:
                         for row in batch:
                             await copy.write_row(row)
-                    await cur.execute(_LOAD_PLAIN if self.path == "plain" else _LOAD_TIMESCALE)
+                    if self.path == "plain":
+                        await cur.execute(_LOAD_PLAIN)
+                    else:
+                        await cur.execute(
+                            _LOAD_TIMESCALE, {"late_after": LATE_AFTER.total_seconds()}
+                        )
                     rec = await cur.fetchone()
                     assert rec is not None
                     result.inserted = int(rec[0])
                     result.newest_inserted = rec[1]
-                    if self.path == "timescale" and rec[2] is not None:
-                        self._note_refresh(rec[2], rec[1])
+                    if self.path == "timescale":
+                        self._note_refresh(rec[4])
             result.dead_lettered = await self.dead_letters.record(conn, rejects)
         return result
 
     # -- Timescale: late rows behind the continuous aggregate's refresh policy ----------
-    def _note_refresh(self, lo: datetime, hi: datetime) -> None:
-        # The policy refreshes the last 2 days every minute and real-time aggregation
-        # covers what is not materialised yet; rows older than a day may land in a
-        # materialised bucket the policy will not revisit soon, so refresh their range.
-        if lo >= datetime.now(UTC) - timedelta(days=1):
-            return
-        cur = self._refresh
-        self._refresh = (lo, hi) if cur is None else (min(cur[0], lo), max(cur[1], hi))
+    def _note_refresh(self, late_buckets: list[datetime] | None) -> None:
+        """Remember the buckets rows loaded `LATE_AFTER` behind now went into (see
+        refresh.py); rows the insert skipped as duplicates changed nothing and are not
+        among them."""
+        if late_buckets:
+            self._late.add_buckets(late_buckets)
 
     async def flush_refresh(self) -> None:
-        """Refresh the aggregate over late rows' range (Timescale path; autocommit CALL)."""
-        if self._refresh is None:
-            return
-        lo, hi = self._refresh
-        async with self.pool.connection() as conn:
-            await conn.set_autocommit(True)
+        """Refresh the aggregate over the late buckets (Timescale path; autocommit CALLs,
+        one per aggregate level and range). Ranges not refreshed stay for the next flush."""
+        todo = self._late.take(datetime.now(UTC))
+        while todo:
+            lo, hi = todo[0]
             try:
-                # bottom up: each level is refreshed from the one below, over whole buckets
-                for name, width in _AGGREGATES:
-                    start, end = _ORIGIN + (lo - _ORIGIN) // width * width, hi
-                    end = _ORIGIN + ((end - _ORIGIN) // width + 1) * width
-                    await conn.execute(
-                        "CALL refresh_continuous_aggregate(%s, %s, %s)", (name, start, end)
-                    )
-            finally:
-                await conn.set_autocommit(False)
-        self._refresh = None
-        log.info("aggregate.refreshed", since=lo.isoformat(), until=hi.isoformat())
+                async with self.pool.connection() as conn:
+                    await conn.set_autocommit(True)
+                    try:
+                        # bottom up: each level is refreshed from the one below, over
+                        # the whole buckets the range touches
+                        for name, width in _AGGREGATES:
+                            await conn.execute(
+                                "CALL refresh_continuous_aggregate(%s, %s, %s)",
+                                (name, _floor(lo, width), _ceil(hi, width)),
+                            )
+                    finally:
+                        await conn.set_autocommit(False)
+            except BaseException:
+                for start, end in todo:
+                    self._late.add(start, end)
+                raise
+            todo.pop(0)
+            self.stats.refreshed(hi - lo)
+            log.info("aggregate.refreshed", since=lo.isoformat(), until=hi.isoformat())

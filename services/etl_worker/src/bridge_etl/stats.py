@@ -8,10 +8,13 @@ and between batches the freshness of the newest row it inserted (commit time −
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .jobs import JobState
 
 
 class EtlStats:
@@ -29,6 +32,7 @@ class EtlStats:
         self._last_lag: dict[str, float] = {}
         self._rate = 0.0
         self._rate_mark = (time.monotonic(), 0)
+        self._jobs: list[JobState] | None = None  # Timescale path, once read
         self.m_rows = Counter(
             "bridge_etl_rows", "Rows inserted into audit_logs_ts", ["origin"], registry=registry
         )
@@ -65,6 +69,40 @@ class EtlStats:
         self.m_watermark = Gauge(
             "bridge_etl_polling_watermark",
             "Source id up to which polling is settled",
+            registry=registry,
+        )
+        self.m_refreshes = Counter(
+            "bridge_etl_aggregate_refreshes",
+            "Refreshes of audit_logs_1m over buckets late rows landed in (Timescale)",
+            registry=registry,
+        )
+        self.m_refreshed = Counter(
+            "bridge_etl_aggregate_refreshed_seconds",
+            "Span of time re-aggregated by those refreshes (Timescale)",
+            registry=registry,
+        )
+        job = ["job_id", "proc_name", "relation"]
+        self.m_job_failing = Gauge(
+            "bridge_etl_timescale_job_failing",
+            "1 when the TimescaleDB job's last run failed",
+            job,
+            registry=registry,
+        )
+        self.m_job_failures = Gauge(
+            "bridge_etl_timescale_job_failures",
+            "Failed runs of the TimescaleDB job (timescaledb_information.job_stats)",
+            job,
+            registry=registry,
+        )
+        self.m_job_success_age = Gauge(
+            "bridge_etl_timescale_job_last_success_age_seconds",
+            "Seconds since the TimescaleDB job last succeeded (absent if it never did)",
+            job,
+            registry=registry,
+        )
+        self.m_jobs_failing = Gauge(
+            "bridge_etl_timescale_jobs_failing",
+            "TimescaleDB policy jobs whose last run failed",
             registry=registry,
         )
 
@@ -108,6 +146,24 @@ class EtlStats:
         self.expired_total += n
         self.m_expired.inc(n)
 
+    def refreshed(self, span: timedelta) -> None:
+        self.m_refreshes.inc()
+        self.m_refreshed.inc(span.total_seconds())
+
+    def jobs(self, jobs: Sequence[JobState], now: datetime) -> None:
+        """The TimescaleDB jobs' state as just read (replaces what was read before)."""
+        self._jobs = list(jobs)
+        for g in (self.m_job_failing, self.m_job_failures, self.m_job_success_age):
+            g.clear()
+        for j in jobs:
+            labels = (str(j.job_id), j.proc_name, j.relation)
+            self.m_job_failing.labels(*labels).set(1 if j.failing else 0)
+            self.m_job_failures.labels(*labels).set(j.total_failures)
+            if j.last_successful_finish is not None:
+                age = max(0.0, (now - j.last_successful_finish).total_seconds())
+                self.m_job_success_age.labels(*labels).set(age)
+        self.m_jobs_failing.set(sum(j.failing for j in jobs))
+
     def set_watermark(self, value: int) -> None:
         self.watermark = value
         self.m_watermark.set(value)
@@ -122,8 +178,9 @@ class EtlStats:
         return self._rate
 
     def status(self) -> dict[str, Any]:
-        """Heartbeat facts; the metrics API reads `lag_seconds`."""
-        return {
+        """Heartbeat facts; the metrics API reads `lag_seconds` and
+        `timescale_jobs_failing`."""
+        out: dict[str, Any] = {
             "mode": self.mode,
             "path": self.path,
             "lag_seconds": round(self.lag_seconds(), 3),
@@ -134,3 +191,9 @@ class EtlStats:
             "expired_total": self.expired_total,
             "watermark": self.watermark,
         }
+        if self._jobs is not None:
+            failing = [j for j in self._jobs if j.failing]
+            out["timescale_jobs"] = len(self._jobs)
+            out["timescale_jobs_failing"] = len(failing)
+            out["timescale_failing_jobs"] = [j.label for j in failing]
+        return out

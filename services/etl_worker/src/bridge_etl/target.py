@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import psycopg
+from psycopg import sql
 
 from .errors import TargetNotMigrated
 
@@ -48,22 +49,51 @@ async def detect_path(conn: psycopg.AsyncConnection[Any]) -> Path:
     )
 
 
-async def sync_timescale_retention(conn: psycopg.AsyncConnection[Any], days: int) -> bool:
-    """Make the hypertable's retention policy drop chunks after `days`; True if changed.
+#: every rollup level (continuous aggregates on TimescaleDB, tables on the plain path),
+#: kept for `BRIDGE_ETL_ROLLUP_RETENTION_DAYS`
+ROLLUP_RELATIONS = (
+    "audit_logs_1m",
+    "audit_logs_1h",
+    "audit_logs_1d",
+    "audit_totals_1m",
+    "audit_totals_1h",
+    "audit_totals_1d",
+)
 
-    The migration installs 90 days; `BRIDGE_ETL_RETENTION_DAYS` may ask for another value.
+#: the migration's retention policy on each relation (and the setting that changes it)
+_RETENTION = """
+SELECT (j.config ->> 'drop_after')::interval = make_interval(days => %s)
+FROM timescaledb_information.jobs j
+LEFT JOIN timescaledb_information.continuous_aggregates ca
+       ON ca.materialization_hypertable_schema = j.hypertable_schema
+      AND ca.materialization_hypertable_name = j.hypertable_name
+WHERE j.proc_name = 'policy_retention' AND coalesce(ca.view_name, j.hypertable_name) = %s
+"""
+
+
+async def sync_timescale_retention(
+    conn: psycopg.AsyncConnection[Any], days: int, relation: str = "audit_logs_ts"
+) -> bool:
+    """Make `relation`'s retention policy drop chunks after `days`; True if changed.
+
+    The migrations install 90 days on the hypertable (`BRIDGE_ETL_RETENTION_DAYS`) and 400
+    on every aggregate (`BRIDGE_ETL_ROLLUP_RETENTION_DAYS`); the settings win.
     """
-    cur = await conn.execute(
-        "SELECT (config ->> 'drop_after')::interval = make_interval(days => %s)"
-        " FROM timescaledb_information.jobs"
-        " WHERE proc_name = 'policy_retention' AND hypertable_name = 'audit_logs_ts'",
-        (days,),
-    )
+    if relation != "audit_logs_ts" and relation not in ROLLUP_RELATIONS:
+        raise ValueError(f"no retention policy is kept on {relation}")
+    cur = await conn.execute(_RETENTION, (days, relation))
     row = await cur.fetchone()
     if row is not None and row[0]:
         return False
-    await conn.execute("SELECT remove_retention_policy('audit_logs_ts', if_exists => TRUE)")
     await conn.execute(
-        "SELECT add_retention_policy('audit_logs_ts', make_interval(days => %s))", (days,)
+        sql.SQL("SELECT remove_retention_policy({}, if_exists => TRUE)").format(
+            sql.Literal(relation)
+        )
+    )
+    await conn.execute(
+        sql.SQL("SELECT add_retention_policy({}, make_interval(days => %s))").format(
+            sql.Literal(relation)
+        ),
+        (days,),
     )
     return True

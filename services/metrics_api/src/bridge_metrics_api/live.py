@@ -122,6 +122,8 @@ class LiveFigures:
     notifier_outbox_backlog: float | None
     notifier_leader: str | None
     etl_lag_seconds: float | None
+    #: TimescaleDB policy jobs whose last run failed (None: no worker on the Timescale path)
+    etl_timescale_jobs_failing: float | None
     services_up: int
     services_down: int
     #: service name → instances that are up (services with none are absent)
@@ -138,9 +140,9 @@ def figures(found: list[Instance]) -> LiveFigures:
     pick = leaders or notifiers
     lag = _max(number(i.hb.status.get("lag_seconds")) for i in pick)
     backlog = _max(number(i.hb.status.get("outbox_backlog")) for i in pick)
-    etl_lag = _max(
-        number(i.hb.status.get("lag_seconds")) for i in up if i.hb.service in ("etl", "etl_worker")
-    )
+    etls = [i for i in up if i.hb.service in ("etl", "etl_worker")]
+    etl_lag = _max(number(i.hb.status.get("lag_seconds")) for i in etls)
+    jobs_failing = _max(number(i.hb.status.get("timescale_jobs_failing")) for i in etls)
     return LiveFigures(
         gateway_connections=connections,
         gateway_instances=len(gateways),
@@ -148,6 +150,7 @@ def figures(found: list[Instance]) -> LiveFigures:
         notifier_outbox_backlog=backlog,
         notifier_leader=leaders[0].hb.instance if leaders else None,
         etl_lag_seconds=etl_lag,
+        etl_timescale_jobs_failing=jobs_failing,
         services_up=len(up),
         services_down=len(found) - len(up),
         instances_up=dict(Counter(i.hb.service for i in up)),

@@ -162,6 +162,7 @@ def snapshot_metrics(ov: Overview) -> dict[str, float | None]:
     # figures those services report, which are null then) — what "absent" rules read
     for service in live.REQUIRED_SERVICES:
         m[f"{service}.instances"] = None if lf is None else float(lf.instances_up.get(service, 0))
+    m["etl.timescale_jobs_failing"] = None if lf is None else lf.etl_timescale_jobs_failing
     m["services.up"] = None if lf is None else float(lf.services_up)
     m["services.down"] = None if lf is None else float(lf.services_down)
     m["alerts.firing"] = None if ov.alerts is None else float(len(ov.alerts))
