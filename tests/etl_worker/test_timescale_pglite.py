@@ -28,7 +28,7 @@ from bridge_etl.partitions import Partitions
 from bridge_etl.refresh import BUCKET, bucket_start
 from bridge_etl.sink import Sink
 from bridge_etl.stats import EtlStats
-from bridge_etl.target import detect_path, sync_timescale_retention
+from bridge_etl.target import ROLLUP_RELATIONS, detect_path, sync_timescale_retention
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
@@ -141,17 +141,27 @@ def test_migration_builds_the_timescale_objects(migrated: str) -> None:
             " WHERE hypertable_name = 'audit_logs_ts' AND segmentby_column_index = 1"
         ).fetchone()
         assert seg == ("action",)
-        ordered = conn.execute(
-            "SELECT proc_name, config ->> 'drop_after', config ->> 'compress_after',"
-            " config ->> 'start_offset', config ->> 'end_offset'"
-            " FROM timescaledb_information.jobs WHERE job_id >= 1000 ORDER BY job_id"
+        rows = conn.execute(
+            "SELECT coalesce(ca.view_name, j.hypertable_name)::text, j.proc_name::text,"
+            " j.config ->> 'drop_after', j.config ->> 'compress_after',"
+            " j.config ->> 'start_offset', j.config ->> 'end_offset'"
+            " FROM timescaledb_information.jobs j LEFT JOIN"
+            " timescaledb_information.continuous_aggregates ca"
+            " ON ca.materialization_hypertable_name = j.hypertable_name"
+            " WHERE j.job_id >= 1000"
         ).fetchall()
-        assert ordered == [
-            ("policy_refresh_continuous_aggregate", None, None, "2 days", "00:01:00"),
-            ("policy_compression", None, "7 days", None, None),
-            ("policy_retention", "90 days", None, None, None),
-            ("policy_retention", "400 days", None, None, None),
+        jobs = [r[:4] for r in rows]
+        assert ("audit_logs_ts", "policy_compression", None, "7 days") in jobs
+        assert ("audit_logs_ts", "policy_retention", "90 days", None) in jobs
+        refresh = [
+            r[4:] for r in rows if r[:2] == ("audit_logs_1m", "policy_refresh_continuous_aggregate")
         ]
+        assert refresh == [("2 days", "00:01:00")]
+        # every rollup level (0004: hours and days built on the level below, and the
+        # all-actions totals) is a continuous aggregate with a refresh and a retention policy
+        for level in ROLLUP_RELATIONS:
+            assert (level, "policy_refresh_continuous_aggregate", None, None) in jobs
+            assert (level, "policy_retention", "400 days", None) in jobs
 
 
 @pytest.fixture
@@ -337,26 +347,31 @@ async def test_retention_settings_reach_both_policies(pool) -> None:
         " ON ca.materialization_hypertable_name = j.hypertable_name"
         " WHERE j.proc_name = 'policy_retention' ORDER BY 1",
     )
-    assert policies == [("audit_logs_1m", "365 days"), ("audit_logs_ts", "30 days")]
+    others = [(r, "400 days") for r in ROLLUP_RELATIONS if r != "audit_logs_1m"]
+    assert policies == sorted(
+        [("audit_logs_1m", "365 days"), ("audit_logs_ts", "30 days")] + others
+    )
 
 
 async def test_job_state_is_read_from_job_stats(pool) -> None:
     async with pool.connection() as conn:
         jobs = await read_jobs(conn)
         await conn.commit()
-    by_proc = {j.proc_name: j for j in jobs}
-    assert set(by_proc) == {
+    assert {j.proc_name for j in jobs} == {
         "policy_refresh_continuous_aggregate",
         "policy_compression",
         "policy_retention",
     }
-    assert by_proc["policy_refresh_continuous_aggregate"].relation == "audit_logs_1m"
-    assert by_proc["policy_compression"].relation == "audit_logs_ts"
+    by_proc = {(j.proc_name, j.relation): j for j in jobs}
+    assert {r for p, r in by_proc if p == "policy_refresh_continuous_aggregate"} == set(
+        ROLLUP_RELATIONS
+    )
+    assert {r for p, r in by_proc if p == "policy_compression"} == {"audit_logs_ts"}
     # PGlite runs no background jobs: nothing ran, nothing failed
     assert not any(j.failing for j in jobs) and all(j.total_runs == 0 for j in jobs)
     # what the scheduler records after a run that failed (as with the portal error on
     # 2.28.3 / PostgreSQL 15.20): the catalog row job_stats reads, never-succeeded
-    refresh = by_proc["policy_refresh_continuous_aggregate"]
+    refresh = by_proc[("policy_refresh_continuous_aggregate", "audit_logs_1m")]
     async with pool.connection() as conn:
         await conn.execute(
             "INSERT INTO _timescaledb_internal.bgw_job_stat (job_id, last_start, last_finish,"

@@ -16,13 +16,15 @@ from typing import Any
 
 import psycopg
 
+from .target import ROLLUP_RELATIONS
+
 #: seconds between two reads of the job state
 POLL_INTERVAL = 60.0
 #: TimescaleDB's own jobs (telemetry, …) have ids below 1000; policies start at 1000
 FIRST_POLICY_JOB = 1000
 #: the relations whose policies are ours (`audit_logs_ts` and its aggregates); other
 #: applications' jobs in a shared target database are theirs to watch
-OUR_RELATIONS = "audit\\_logs%"
+OUR_RELATIONS = ["audit_logs_ts", *ROLLUP_RELATIONS]
 
 _JOBS = """
 SELECT j.job_id, j.proc_name::text,
@@ -37,7 +39,7 @@ LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
 LEFT JOIN timescaledb_information.continuous_aggregates ca
        ON ca.materialization_hypertable_schema = j.hypertable_schema
       AND ca.materialization_hypertable_name = j.hypertable_name
-WHERE j.job_id >= %s AND coalesce(ca.view_name, j.hypertable_name) LIKE %s
+WHERE j.job_id >= %s AND coalesce(ca.view_name, j.hypertable_name)::text = ANY(%s)
 ORDER BY j.job_id
 """
 
@@ -46,7 +48,7 @@ ORDER BY j.job_id
 class JobState:
     job_id: int
     proc_name: str  # policy_refresh_continuous_aggregate, policy_compression, …
-    relation: str  # audit_logs_ts, audit_logs_1m (the aggregate, not its hypertable)
+    relation: str  # audit_logs_ts or a rollup aggregate (the view, not its hypertable)
     last_run_status: str | None  # Success | Failed | None (never ran)
     job_status: str | None  # Scheduled | Running | Paused
     total_runs: int

@@ -437,6 +437,7 @@ class Sink:
                             await conn.execute(
                                 "CALL refresh_continuous_aggregate(%s, %s, %s)",
                                 (name, _floor(lo, width), _ceil(hi, width)),
+                                prepare=False,  # a rare CALL: not worth a server-side plan
                             )
                     finally:
                         await conn.set_autocommit(False)
