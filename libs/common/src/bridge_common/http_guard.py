@@ -43,8 +43,8 @@ _ENDS = (b"\r\n\r\n", b"\n\n")
 class HttpLimits:
     max_header_bytes: int = 16 * 1024
     header_timeout: float = 10.0
-    max_pending: int = 1024
-    max_pending_per_ip: int = 128
+    max_pending: int = 4096
+    max_pending_per_ip: int = 1024
 
 
 @dataclass(slots=True)

@@ -71,10 +71,10 @@ class BridgeSettings(BaseSettings):
     )
     #: connections still waiting for their request head, in total and from one address
     http_max_pending: int = Field(
-        default=1024, ge=1, le=1_000_000, validation_alias="BRIDGE_HTTP_MAX_PENDING"
+        default=4096, ge=1, le=1_000_000, validation_alias="BRIDGE_HTTP_MAX_PENDING"
     )
     http_max_pending_per_ip: int = Field(
-        default=128, ge=1, le=1_000_000, validation_alias="BRIDGE_HTTP_MAX_PENDING_PER_IP"
+        default=1024, ge=1, le=1_000_000, validation_alias="BRIDGE_HTTP_MAX_PENDING_PER_IP"
     )
 
     @field_validator("source_dsn", "target_dsn")

@@ -97,6 +97,8 @@ class Gateway:
             max_subscriptions=settings.max_subscriptions,
             rate=settings.rate_limit,
             burst=settings.rate_burst,
+            slow_grace=settings.slow_reader_grace,
+            hard_bytes=settings.send_buffer_max_bytes,
         )
         self.origins = settings.origins
         self.clients: set[Client] = set()
@@ -132,9 +134,7 @@ class Gateway:
         return client
 
     def close_client(self, client: Client) -> None:
-        if client.expiry is not None:
-            client.expiry.cancel()
-            client.expiry = None
+        client.stop_timers()
         if client in self.clients:
             self.clients.discard(client)
             metrics.CONNECTIONS.labels(client.transport).dec()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from bridge_common.settings import BridgeSettings
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 
 class Settings(BridgeSettings):
@@ -41,7 +41,10 @@ class Settings(BridgeSettings):
     rate_burst: int = Field(
         default=200, ge=1, le=1_000_000, validation_alias="BRIDGE_GATEWAY_RATE_BURST"
     )
-    #: outgoing buffer per connection; a client that falls further behind is cut off
+    #: outgoing buffer per connection: a client with more events waiting than
+    #: SEND_BUFFER_MESSAGES, or whose backlog stays above SEND_BUFFER_BYTES for
+    #: SLOW_READER_GRACE seconds, or exceeds SEND_BUFFER_MAX_BYTES before a new frame, is
+    #: cut off (1013); one frame of any size never trips a bound by itself
     send_buffer_messages: int = Field(
         default=2_000, ge=2, le=1_000_000, validation_alias="BRIDGE_GATEWAY_SEND_BUFFER_MESSAGES"
     )
@@ -50,6 +53,15 @@ class Settings(BridgeSettings):
         ge=1024,
         le=1 << 30,
         validation_alias="BRIDGE_GATEWAY_SEND_BUFFER_BYTES",
+    )
+    slow_reader_grace: float = Field(
+        default=5.0, gt=0, le=600, validation_alias="BRIDGE_GATEWAY_SLOW_READER_GRACE"
+    )
+    send_buffer_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        le=1 << 34,
+        validation_alias="BRIDGE_GATEWAY_SEND_BUFFER_MAX_BYTES",
     )
     ping_interval: float = Field(
         default=20.0, gt=0, le=3600, validation_alias="BRIDGE_GATEWAY_PING_INTERVAL"
@@ -68,6 +80,15 @@ class Settings(BridgeSettings):
     redis_retry: float = Field(
         default=0.1, gt=0, le=60, validation_alias="BRIDGE_GATEWAY_REDIS_RETRY"
     )
+
+    @model_validator(mode="after")
+    def _buffer_bounds(self) -> Settings:
+        if self.send_buffer_max_bytes < self.send_buffer_bytes:
+            raise ValueError(
+                "BRIDGE_GATEWAY_SEND_BUFFER_MAX_BYTES must be at least "
+                "BRIDGE_GATEWAY_SEND_BUFFER_BYTES"
+            )
+        return self
 
     @field_validator("auth", mode="before")
     @classmethod

@@ -59,6 +59,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
                 "cut": self.cut,
                 "write": self.write_frame,
                 "wait_writable": self.wait_writable,
+                "buffered": self.buffered,
                 "detach": self.detach,
             }
 
@@ -153,6 +154,12 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.close_sent or self.transport.is_closing() or not self.handshake_complete:
             return -1
         self.transport.write(frame)
+        return int(self.transport.get_write_buffer_size())
+
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the peer (0 once closed)."""
+        if self.transport.is_closing():
+            return 0
         return int(self.transport.get_write_buffer_size())
 
     async def wait_writable(self) -> None:
