@@ -86,6 +86,7 @@ class Gateway:
             secret,
             enabled=settings.auth == "jwt",
             previous=tuple(p.strip() for p in previous.split(",") if p.strip()),
+            max_lifetime=settings.jwt_max_lifetime,
         )
         limit = asyncio.Semaphore(REDIS_CONCURRENCY)
         self.topics = TopicRegistry(redis, self.channels, limit)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from bridge_common.settings import BridgeSettings
 from pydantic import Field, SecretStr, field_validator, model_validator
+
+_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(s|m|h|d)?")
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 class Settings(BridgeSettings):
@@ -18,6 +22,10 @@ class Settings(BridgeSettings):
     #: BRIDGE_JWT_SECRET; these only verify tokens issued before the switch)
     jwt_previous_secrets: SecretStr | None = Field(
         default=None, validation_alias="BRIDGE_JWT_PREVIOUS_SECRETS"
+    )
+    #: tokens whose `exp` lies further ahead are refused: seconds, or `90m`, `24h`, `7d`
+    jwt_max_lifetime: float = Field(
+        default=24 * 3600.0, gt=0, le=366 * 86400, validation_alias="BRIDGE_JWT_MAX_LIFETIME"
     )
     #: comma-separated browser origins allowed to connect; empty = any origin
     allowed_origins: str = Field(default="", validation_alias="BRIDGE_GATEWAY_ALLOWED_ORIGINS")
@@ -89,6 +97,16 @@ class Settings(BridgeSettings):
                 "BRIDGE_GATEWAY_SEND_BUFFER_BYTES"
             )
         return self
+
+    @field_validator("jwt_max_lifetime", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> object:
+        if isinstance(v, str):
+            m = _DURATION_RE.fullmatch(v.strip())
+            if m is None:
+                raise ValueError("a duration such as 3600, 90m, 24h or 7d")
+            return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+        return v
 
     @field_validator("auth", mode="before")
     @classmethod
