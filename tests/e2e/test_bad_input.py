@@ -326,7 +326,8 @@ async def test_gateway_refuses_hostile_tokens(gateway: str, kind: str) -> None:
         )
         assert r.status_code in ((401, 431, 400) if kind == "huge" else (401,)), kind
         r = await http.get(f"{gateway}/events/intents", params={"token": token, "close_after": 1})
-        assert r.status_code == 401, kind
+        # a 20 kB query string is past the request-head cap (BRIDGE_HTTP_MAX_HEADER_BYTES)
+        assert r.status_code == (431 if kind == "huge" else 401), kind
         assert (await http.get(f"{gateway}/healthz")).status_code == 200
 
 

@@ -22,7 +22,7 @@ from bridge_common.redis import AnyRedis
 from . import metrics
 from .auth import Authenticator, Principal
 from .clients import GOING_AWAY, POLICY_VIOLATION, Client, Limits, Transport
-from .cors import cors_headers
+from .cors import cors_headers, origin_listed
 from .history import REDIS_CONCURRENCY, History
 from .hub import Hub
 from .settings import Settings
@@ -111,7 +111,7 @@ class Gateway:
         """Browsers send Origin; with an allow-list configured only listed origins pass."""
         if not self.origins or origin is None:
             return True
-        return origin.rstrip("/") in self.origins
+        return origin_listed(self.origins, origin)
 
     def cors_headers(self, origin: str | None) -> dict[str, str]:
         """CORS headers for an answer (success or refusal) to a request from `origin`."""

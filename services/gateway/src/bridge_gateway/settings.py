@@ -8,6 +8,8 @@ from typing import Literal
 from bridge_common.settings import BridgeSettings
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from .cors import serialize_origin
+
 _DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(s|m|h|d)?")
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -113,8 +115,19 @@ class Settings(BridgeSettings):
     def _lower_auth(cls, v: object) -> object:
         return v.lower() if isinstance(v, str) else v
 
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, v: str) -> str:
+        for entry in v.split(","):
+            if entry.strip() and serialize_origin(entry, strict=False) is None:
+                raise ValueError(f"{entry.strip()!r} is not an origin (scheme://host[:port])")
+        return v
+
     @property
     def origins(self) -> frozenset[str]:
-        return frozenset(
-            o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()
-        )
+        out = set()
+        for entry in self.allowed_origins.split(","):
+            serialized = serialize_origin(entry, strict=False) if entry.strip() else None
+            if serialized is not None:
+                out.add(serialized)
+        return frozenset(out)
