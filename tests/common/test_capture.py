@@ -11,6 +11,9 @@ import sys
 import psycopg
 import pytest
 from bridge_common.channels import RESERVED_TOPICS
+from bridge_common.migrate import load_migrations
+
+from tests.support.infra import create_database, drop_database, unique_name
 
 
 def _cli(*args: str, dsn: str) -> subprocess.CompletedProcess[str]:
@@ -112,22 +115,43 @@ def test_reserved_topics_are_refused(dsn: str) -> None:
     assert set(sql_list) == set(RESERVED_TOPICS)
 
 
-def test_migration_removes_an_existing_watch_on_bridge_schema(db_dsn: str) -> None:
+def test_migration_removes_an_existing_watch_on_bridge_schema(pg_admin_dsn: str) -> None:
     """A database where `bridge.outbox` was watched before 0003 is repaired by it."""
-    # a fresh database at 0002 only, then the old (recursive) watch, then 0003
-    with psycopg.connect(db_dsn, autocommit=True) as conn:
-        conn.execute("DROP SCHEMA IF EXISTS bridge CASCADE")
-        conn.execute("DROP TABLE IF EXISTS intents, audit_logs CASCADE")
-        for version in ("0001_source_tables", "0002_outbox"):
-            from bridge_common.migrate import load_migrations
+    name = unique_name("t", "capture_repair")
+    fresh = create_database(pg_admin_dsn, name)
+    try:
+        by_version = {m.version: m for m in load_migrations("source")}
+        with psycopg.connect(fresh, autocommit=True) as conn:
+            # a database at 0002 with the old, recursive watch on the outbox
+            for version in ("0001_source_tables", "0002_outbox"):
+                conn.execute(by_version[version].sql.encode())
+            conn.execute("SELECT bridge.watch('bridge.outbox')")
+            with pytest.raises(psycopg.errors.StatementTooComplex):
+                conn.execute("INSERT INTO intents (title) VALUES ('recurses')")
+            [v3] = [v for v in by_version if v.startswith("0003")]
+            conn.execute(by_version[v3].sql.encode())
+            conn.execute("INSERT INTO intents (title) VALUES ('fine now')")
+            watched = conn.execute(
+                "SELECT table_name FROM bridge.watched_tables ORDER BY 1"
+            ).fetchall()
+        assert [t for (t,) in watched] == ["audit_logs", "intents"]
+    finally:
+        drop_database(pg_admin_dsn, name)
 
-            [m] = [m for m in load_migrations("source") if m.version == version]
-            conn.execute(m.sql.encode())
-        conn.execute("SELECT bridge.watch('bridge.outbox')")
-        with pytest.raises(psycopg.errors.StatementTooComplex):
-            conn.execute("INSERT INTO intents (title) VALUES ('recurses')")
-        [m3] = [m for m in load_migrations("source") if m.version.startswith("0003")]
-        conn.execute(m3.sql.encode())
-        conn.execute("INSERT INTO intents (title) VALUES ('fine now')")
-        watched = conn.execute("SELECT table_name FROM bridge.watched_tables ORDER BY 1").fetchall()
-    assert [t for (t,) in watched] == ["audit_logs", "intents"]
+
+def test_one_statement_moving_some_keys_and_keeping_others(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO cap.items VALUES ('m1', 1), ('m2', 2)")
+        conn.execute("INSERT INTO cap.pairs VALUES ('p', '1', 1), ('p', '2', 2)")
+        conn.execute("DELETE FROM bridge.outbox")
+        conn.execute(
+            "UPDATE cap.items SET id = CASE id WHEN 'm1' THEN 'm1b' ELSE id END, v = v + 1"
+            " WHERE id IN ('m1', 'm2')"
+        )
+        conn.execute("UPDATE cap.pairs SET b = b || 'x' WHERE a = 'p' AND b = '1'")
+        conn.execute("UPDATE cap.items SET v = v WHERE id = 'nothing-matches'")
+        items = [(op, key) for op, key, _ in _changes(conn, "items")]
+        pairs = [(op, key) for op, key, _ in _changes(conn, "pairs")]
+    assert items[0] == ("delete", "m1")  # the old key goes first
+    assert sorted(items[1:]) == [("insert", "m1b"), ("update", "m2")]
+    assert pairs == [("delete", '["p","1"]'), ("insert", '["p","1x"]')]

@@ -34,6 +34,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     keycols text[] := TG_ARGV[1:TG_NARGS - 1];
     wrote boolean := false;
+    keyexpr text;
+    moved bigint;
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         INSERT INTO bridge.outbox (topic, op, key, payload)
@@ -50,24 +52,41 @@ BEGIN
         FROM (SELECT to_jsonb(bridge_new.*) AS r FROM bridge_new) s;
         wrote := FOUND;
     ELSE
+        -- the key of an old row, from its key columns only (a whole-row to_jsonb of every
+        -- old row would double the cost of bulk updates); the same text as bridge.row_key
+        SELECT CASE WHEN cardinality(keycols) = 1
+                    THEN format('coalesce(to_jsonb(x.%I) #>> ''{}'', '''')', keycols[1])
+                    ELSE 'to_json(ARRAY[' || string_agg(
+                             format('coalesce(to_jsonb(x.%I) #>> ''{}'', '''')', c), ', '
+                             ORDER BY ord) || '])::text'
+               END
+        INTO keyexpr
+        FROM unnest(keycols) WITH ORDINALITY AS u(c, ord);
         -- keys that left the table in this UPDATE: a delete of the old row first ...
-        INSERT INTO bridge.outbox (topic, op, key, payload)
-        SELECT TG_ARGV[0], 'delete', o.k, o.r
-        FROM (SELECT bridge.row_key(r, keycols) AS k, r
-              FROM (SELECT to_jsonb(bridge_old.*) AS r FROM bridge_old) s) o
-        WHERE o.k NOT IN (SELECT bridge.row_key(to_jsonb(bridge_new.*), keycols)
-                          FROM bridge_new);
-        wrote := FOUND;
+        EXECUTE format(
+            'INSERT INTO bridge.outbox (topic, op, key, payload) '
+            'SELECT $1, ''delete'', o.k, to_jsonb(o.r) '
+            'FROM (SELECT %1$s AS k, x AS r FROM bridge_old x) o '
+            'WHERE o.k NOT IN (SELECT %1$s FROM bridge_new x)', keyexpr)
+        USING TG_ARGV[0];
+        GET DIAGNOSTICS moved = ROW_COUNT;
         -- ... then the new rows: an update where the key stayed, an insert where it is new
-        INSERT INTO bridge.outbox (topic, op, key, payload)
-        SELECT TG_ARGV[0],
-               CASE WHEN n.k IN (SELECT bridge.row_key(to_jsonb(bridge_old.*), keycols)
-                                 FROM bridge_old)
-                    THEN 'update' ELSE 'insert' END,
-               n.k, n.r
-        FROM (SELECT bridge.row_key(r, keycols) AS k, r
-              FROM (SELECT to_jsonb(bridge_new.*) AS r FROM bridge_new) s) n;
-        wrote := wrote OR FOUND;
+        IF moved = 0 THEN
+            INSERT INTO bridge.outbox (topic, op, key, payload)
+            SELECT TG_ARGV[0], 'update', bridge.row_key(r, keycols), r
+            FROM (SELECT to_jsonb(bridge_new.*) AS r FROM bridge_new) s;
+            wrote := FOUND;
+        ELSE
+            EXECUTE format(
+                'INSERT INTO bridge.outbox (topic, op, key, payload) '
+                'SELECT $1, CASE WHEN n.k IN (SELECT %s FROM bridge_old x) '
+                '                THEN ''update'' ELSE ''insert'' END, n.k, n.r '
+                'FROM (SELECT bridge.row_key(r, $2) AS k, r '
+                '      FROM (SELECT to_jsonb(bridge_new.*) AS r FROM bridge_new) s) n',
+                keyexpr)
+            USING TG_ARGV[0], keycols;
+            wrote := true;
+        END IF;
     END IF;
     IF wrote THEN
         PERFORM pg_notify('bridge_outbox', '');
