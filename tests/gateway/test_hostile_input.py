@@ -159,4 +159,5 @@ def test_an_allow_list_entry_that_is_no_origin_exits_2(gw_env, tmp_path) -> None
     proc = ServiceProcess("gateway", env, tmp_path).start(wait_ready=False)
     assert proc.proc is not None
     assert proc.proc.wait(30) == 2
+    assert proc.stop() == 2  # closes the log file
     assert "BRIDGE_GATEWAY_ALLOWED_ORIGINS" in proc.logs()
