@@ -152,7 +152,7 @@ def test_watch_any_table_with_composite_key(migrated_dsn: str) -> None:
         topics = conn.execute("SELECT topic FROM bridge.watched_tables ORDER BY 1").fetchall()
     assert [t[0] for t in topics] == ["audit_logs", "intents", "orders"]
     rows = _outbox(migrated_dsn)
-    assert [(r[0], r[1], r[2]) for r in rows] == [("orders", "insert", "eu,7")]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("orders", "insert", '["eu","7"]')]
     assert _cli("--unwatch", "app.orders", dsn=migrated_dsn).returncode == 0
     with psycopg.connect(migrated_dsn) as conn:
         conn.execute("DELETE FROM bridge.outbox")

@@ -7,6 +7,10 @@
 WebSocket first, Server-Sent Events when the upgrade is refused; reconnects with
 jittered exponential backoff and resumes from the last delivered id, so each event is
 seen exactly once; `HistoryLost` when the gateway can no longer resume.
+
+`event.op` is `insert`, `update`, `delete` or `truncate` (the table was emptied: key "",
+data {}; drop what you hold for the topic). A primary-key change arrives as a `delete` of
+the old key then an `insert` of the new one; a composite key is JSON array text.
 """
 
 from bridge_common.events import Event

@@ -16,10 +16,14 @@ from dataclasses import dataclass
 OUTBOX_NOTIFY_CHANNEL = "bridge_outbox"
 
 #: topic names are table names (or a few built-ins such as `alerts`)
-TOPIC_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,62}$")
+TOPIC_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,62}")
 
 #: topic the alerter publishes alert state changes on (streamed by the gateway)
 ALERTS_TOPIC = "alerts"
+
+#: topics no watched table may publish on (they share streams and dedupe sets with
+#: Bridge's own publishers); `bridge.reserved_topics()` in SQL holds the same list
+RESERVED_TOPICS = frozenset({ALERTS_TOPIC})
 
 
 class InvalidTopic(ValueError):
@@ -27,7 +31,8 @@ class InvalidTopic(ValueError):
 
 
 def check_topic(topic: str) -> str:
-    if not isinstance(topic, str) or not TOPIC_RE.match(topic):
+    # fullmatch: `$` would also accept a trailing newline ("intents\n")
+    if not isinstance(topic, str) or not TOPIC_RE.fullmatch(topic):
         raise InvalidTopic(f"invalid topic name {topic!r}")
     return topic
 

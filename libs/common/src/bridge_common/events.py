@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 import msgspec
 
-Op = Literal["insert", "update", "delete"]
+#: `truncate`: the whole table was emptied (key "", data {}); drop the topic's rows
+Op = Literal["insert", "update", "delete", "truncate"]
 Severity = Literal["debug", "info", "warning", "error", "critical"]
 
 _encoder = msgspec.json.Encoder()

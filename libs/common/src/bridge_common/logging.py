@@ -2,12 +2,19 @@
 
 Every line carries the service and instance bound once at start-up; log events are
 named `noun.verb` (`outbox.published`) with their facts as keys.
+
+Credentials never reach a log line: `token=` / `access_token=` query values, bearer
+tokens and the user-info part of URLs (`https://user:pass@host`) are replaced by
+`[redacted]` in every line, ours and the libraries' (uvicorn logs request paths with
+their query strings).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -19,6 +26,43 @@ _LEVELS = {
     "error": logging.ERROR,
     "critical": logging.CRITICAL,
 }
+
+
+_SECRETS = re.compile(
+    r"(?P<q>[?&;](?:token|access_token|id_token|jwt|password|secret)=)[^&;\s\"'#]*"
+    r"|(?P<b>\b[Bb]earer\s+)[A-Za-z0-9._~+/=-]+"
+    r"|(?P<u>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s\"']+@",
+    re.IGNORECASE,
+)
+
+
+def _hide(m: re.Match[str]) -> str:
+    return (m.group("q") or m.group("b") or m.group("u")) + (
+        "[redacted]@" if m.group("u") else "[redacted]"
+    )
+
+
+def redact(text: str) -> str:
+    """`text` with credentials (query tokens, bearer tokens, URL user-info) replaced."""
+    return _SECRETS.sub(_hide, text)
+
+
+def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for k, v in event.items():
+        if isinstance(v, str):
+            event[k] = redact(v)
+    return event
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts credentials from stdlib records (formatted once, here)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
 
 
 def configure_logging(
@@ -41,6 +85,7 @@ def configure_logging(
             *shared,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            _redact_event,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
@@ -53,11 +98,13 @@ def configure_logging(
         structlog.stdlib.ProcessorFormatter(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                _redact_event,
                 renderer,
             ],
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
         )
     )
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(lvl, logging.INFO) if lvl > logging.DEBUG else lvl)

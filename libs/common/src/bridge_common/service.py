@@ -42,6 +42,7 @@ from starlette.routing import BaseRoute, Route
 from . import liveness
 from .channels import Channels
 from .events import Heartbeat, dumps
+from .http_guard import HttpLimits, guarded_protocol
 from .logging import configure_logging, get_logger
 from .redis import AnyRedis, RedisTooOld, create_redis, require_redis_version
 from .settings import BridgeSettings, fail_config
@@ -261,7 +262,14 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        limits = HttpLimits(
+            max_header_bytes=self.settings.http_max_header_bytes,
+            header_timeout=self.settings.http_header_timeout,
+            max_pending=self.settings.http_max_pending,
+            max_pending_per_ip=self.settings.http_max_pending_per_ip,
+        )
         options: dict[str, Any] = {
+            "http": guarded_protocol(limits),
             "log_config": None,
             "access_log": False,
             "lifespan": "on" if self._app is not None else "off",

@@ -136,6 +136,22 @@ class BridgeSettings(BaseSettings):
     shutdown_timeout: float = Field(
         default=10.0, gt=0, le=600, validation_alias="BRIDGE_SHUTDOWN_TIMEOUT"
     )
+    # -- limits on every HTTP port (see bridge_common.http_guard) ------------------------
+    #: request line + headers; a longer head is answered 431
+    http_max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, le=1024 * 1024, validation_alias="BRIDGE_HTTP_MAX_HEADER_BYTES"
+    )
+    #: seconds a connection has to deliver its request head (also the idle limit before it)
+    http_header_timeout: float = Field(
+        default=10.0, gt=0, le=300, validation_alias="BRIDGE_HTTP_HEADER_TIMEOUT"
+    )
+    #: connections still waiting for their request head, in total and from one address
+    http_max_pending: int = Field(
+        default=4096, ge=1, le=1_000_000, validation_alias="BRIDGE_HTTP_MAX_PENDING"
+    )
+    http_max_pending_per_ip: int = Field(
+        default=1024, ge=1, le=1_000_000, validation_alias="BRIDGE_HTTP_MAX_PENDING_PER_IP"
+    )
 
     @classmethod
     def settings_customise_sources(

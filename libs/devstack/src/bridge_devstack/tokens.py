@@ -32,9 +32,12 @@ def mint(
     *,
     subject: str = "demo",
     topics: list[str] | None = None,
-    ttl: float = 7 * 24 * 3600,
+    ttl: float = 24 * 3600,
 ) -> str:
-    """A token the gateway accepts: `sub`, `exp`, `topics` (default: every topic)."""
+    """A token the gateway accepts: `sub`, `exp`, `topics` (default: every topic).
+
+    `ttl` stays within the gateway's default `BRIDGE_JWT_MAX_LIFETIME` (24 h).
+    """
     now = int(time.time())
     claims = {"sub": subject, "iat": now, "exp": now + int(ttl), "topics": topics or ["*"]}
     return jwt.encode(claims, secret, algorithm="HS256")

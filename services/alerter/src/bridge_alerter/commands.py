@@ -69,6 +69,7 @@ def test_notify(settings: Settings, path: str, channel_name: str, attempts: int 
                         kind="test",
                         delivery_id=0,
                         call_timeout=settings.http_timeout,
+                        allowed=settings.allowed,
                     )
                 except DeliveryError as exc:
                     print(f"attempt {attempt}: {exc}", file=sys.stderr)
@@ -80,7 +81,11 @@ def test_notify(settings: Settings, path: str, channel_name: str, attempts: int 
                 return 0
         return 1
 
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    except Exception as exc:  # noqa: BLE001 - one line for the operator, never a traceback
+        print(f"test-notify failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 def silence(settings: Settings, action: str, **opts: object) -> int:

@@ -246,6 +246,7 @@ class Dispatcher:
             kind=d.kind,
             delivery_id=d.id,
             call_timeout=self.settings.http_timeout,
+            allowed=self.settings.allowed,
         )
 
     async def _publish_event(self, d: Delivery) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 from bridge_common.events import AlertNotice, dumps
 
+from .destinations import DestinationError, IPNetwork, check_resolved
 from .errors import DeliveryError
 from .rules import ChannelConfig
 
@@ -91,8 +92,13 @@ async def send(
     kind: str,
     delivery_id: int,
     call_timeout: float,
+    allowed: tuple[IPNetwork, ...] | None = None,
 ) -> None:
-    """One attempt; raises :class:`DeliveryError` saying whether a retry may help."""
+    """One attempt; raises :class:`DeliveryError` saying whether a retry may help.
+
+    With `allowed` (the alerter's `BRIDGE_ALERTER_ALLOWED_NETWORKS`), the host must not
+    resolve to a refused address (see `destinations`).
+    """
     headers = {"Content-Type": "application/json", DELIVERY_HEADER: str(delivery_id)}
     if channel.type == "slack":
         body = dumps(slack_message(notice, kind))
@@ -102,11 +108,18 @@ async def send(
             headers[SIGNATURE_HEADER] = sign(channel.secret, body)
     try:
         async with asyncio.timeout(call_timeout):
+            if allowed is not None:
+                await check_resolved(channel.url, allowed)
             resp = await http.post(channel.url, content=body, headers=headers, timeout=call_timeout)
+    except DestinationError as exc:
+        raise DeliveryError(f"refused destination: {exc}", retry=False) from None
     except TimeoutError:
         raise DeliveryError(f"no answer within {call_timeout:g}s", retry=True) from None
     except httpx.HTTPError as exc:
         raise DeliveryError(f"{type(exc).__name__}: {exc}".strip(), retry=True) from None
+    except (httpx.InvalidURL, ValueError) as exc:
+        # a URL that slipped past validation never crashes the delivery loop
+        raise DeliveryError(f"invalid channel URL: {exc}", retry=False) from None
     if resp.is_success:
         return
     reason = f"HTTP {resp.status_code}: {resp.text[:200]}"

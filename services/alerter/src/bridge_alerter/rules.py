@@ -24,6 +24,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from . import template
+from .destinations import DestinationError, allowed_from, check_url
 from .durations import parse_duration
 from .errors import RuleProblem, RulesError
 
@@ -176,6 +177,11 @@ class _Checker:
         self.warnings: list[str] = []
         self._constructor = SafeConstructor()
 
+    @property
+    def allowed(self) -> tuple[Any, ...]:
+        """Networks webhooks may reach although special (see `destinations`)."""
+        return allowed_from(self.env)
+
     def problem(self, node: Node | int, path: str, message: str) -> None:
         line = node if isinstance(node, int) else _line(node)
         self.problems.append(RuleProblem(line, path, message))
@@ -327,9 +333,17 @@ class _Checker:
             self.problem(node, path, "missing key 'url'")
         else:
             url = self.secret_text(items["url"][1], f"{path}.url")
-            if url is not None and not url.startswith(("http://", "https://")):
-                self.problem(items["url"][1], f"{path}.url", "must be an http:// or https:// URL")
-                url = None
+            if url is not None:
+                try:
+                    check_url(url, self.allowed)
+                except DestinationError as exc:
+                    self.problem(items["url"][1], f"{path}.url", str(exc))
+                    url = None
+                except ValueError as exc:  # the allow-list itself
+                    self.problem(
+                        items["url"][1], f"{path}.url", f"BRIDGE_ALERTER_ALLOWED_NETWORKS: {exc}"
+                    )
+                    url = None
         secret = None
         if "secret" in items and kind == "webhook":
             secret = self.secret_text(items["secret"][1], f"{path}.secret")

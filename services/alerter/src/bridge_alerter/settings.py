@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from bridge_common.settings import BridgeSettings
-from pydantic import Field
+from pydantic import Field, field_validator
+
+from .destinations import DEFAULT_ALLOWED, IPNetwork, parse_networks
 
 
 class Settings(BridgeSettings):
@@ -24,6 +26,11 @@ class Settings(BridgeSettings):
     #: a notification not delivered within this age is dropped (logged, counted)
     delivery_max_age: float = Field(
         default=3600.0, gt=0, le=7 * 86_400, validation_alias="BRIDGE_ALERTER_DELIVERY_MAX_AGE"
+    )
+    #: loopback / link-local / other special addresses webhooks may still reach
+    #: (comma-separated IPs or CIDRs; `none` for nothing); see bridge_alerter.destinations
+    allowed_networks: str = Field(
+        default=DEFAULT_ALLOWED, validation_alias="BRIDGE_ALERTER_ALLOWED_NETWORKS"
     )
     #: timeout of every HTTP call to Slack / a webhook
     http_timeout: float = Field(
@@ -48,3 +55,13 @@ class Settings(BridgeSettings):
     outbox_sweep_interval: float = Field(
         default=2.0, gt=0, le=300, validation_alias="BRIDGE_ALERTER_SWEEP_INTERVAL"
     )
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _check_networks(cls, v: str) -> str:
+        parse_networks(v)
+        return v
+
+    @property
+    def allowed(self) -> tuple[IPNetwork, ...]:
+        return parse_networks(self.allowed_networks)

@@ -1,7 +1,14 @@
-"""Client authentication: JWT HS256 bearer tokens carrying `sub`, `exp` and `topics`."""
+"""Client authentication: JWT HS256 bearer tokens carrying `sub`, `exp` and `topics`.
+
+`exp` must be a JSON number (RFC 7519 NumericDate; a string, a boolean or a non-finite
+value is refused) no further ahead than `max_lifetime` (`BRIDGE_JWT_MAX_LIFETIME`), so
+a leaked token is never valid for ever.
+"""
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -40,7 +47,12 @@ class Authenticator:
     """Verifies tokens; with auth disabled everybody reads every topic."""
 
     def __init__(
-        self, secret: str | None, enabled: bool = True, previous: tuple[str, ...] = ()
+        self,
+        secret: str | None,
+        enabled: bool = True,
+        previous: tuple[str, ...] = (),
+        *,
+        max_lifetime: float = 24 * 3600.0,
     ) -> None:
         if enabled and not secret:
             raise ValueError("a secret is required when auth is enabled")
@@ -48,6 +60,7 @@ class Authenticator:
         #: secrets still accepted while tokens minted with them drain (rotation)
         self.previous = tuple(p for p in previous if p)
         self.enabled = enabled
+        self.max_lifetime = max_lifetime
 
     def _decode(self, token: str) -> dict[str, object]:
         """Verify with the current secret, then with each previous one (rotation)."""
@@ -84,5 +97,12 @@ class Authenticator:
         if not isinstance(sub, str):
             raise Unauthorized("invalid token: 'sub' must be a string")
         exp = claims.get("exp")
+        if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+            raise Unauthorized("invalid token: 'exp' must be a number (seconds since the epoch)")
+        if exp - time.time() > self.max_lifetime:
+            raise Unauthorized(
+                "invalid token: 'exp' is further ahead than the gateway's maximum token "
+                f"lifetime ({int(self.max_lifetime)} s)"
+            )
         allowed = None if "*" in topics else frozenset(topics)
-        return Principal(sub, allowed, float(exp) if isinstance(exp, int | float) else None)
+        return Principal(sub, allowed, float(exp))

@@ -1,9 +1,15 @@
 """One connected client (WebSocket or SSE): its bounded outgoing buffer and how it ends.
 
 The fan-out never awaits a client: it appends an already-encoded frame to the client's
-buffer. A transport-specific writer drains the buffer. A client whose buffer exceeds its
-bound is *cut* — the buffer is dropped and the connection closed with a code and reason —
-so one slow reader never holds up anybody else; it reconnects and resumes with its last id.
+buffer. A transport-specific writer drains the buffer. A slow reader is *cut* — the
+buffer is dropped and the connection closed with a code and reason — so it never holds up
+anybody else; it reconnects and resumes with its last id.
+
+Slow is measured in time and in events, never by the size of one frame, so a prompt
+reader gets a row of any size: a client is slow when its backlog stays above
+`max_bytes` for `slow_grace` seconds, when more than `max_messages` events wait for it,
+or when the backlog *before* a new frame already exceeds `hard_bytes` (the memory
+ceiling of one connection). A frame alone never trips a bound.
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ class Limits:
     max_subscriptions: int
     rate: float
     burst: int
+    #: seconds a backlog may stay above `max_bytes` before the client counts as slow
+    slow_grace: float = 5.0
+    #: a backlog above this before a new frame is cut at once (memory ceiling)
+    hard_bytes: int = 64 * 1024 * 1024
 
 
 class Delivery:
@@ -134,6 +144,8 @@ class Client:
         "sink",
         "wait_writable",
         "expiry",
+        "backlog",
+        "_slow_timer",
         "_tokens",
         "_stamp",
     )
@@ -168,6 +180,9 @@ class Client:
         #: bounded outgoing buffer and no writer task is needed
         self.sink: Callable[[bytes], int] | None = None
         self.wait_writable: Callable[[], Awaitable[None]] | None = None
+        #: write-through mode: bytes the transport still holds for the peer
+        self.backlog: Callable[[], int] | None = None
+        self._slow_timer: asyncio.TimerHandle | None = None
         #: closes the connection when the token expires
         self.expiry: asyncio.TimerHandle | None = None
         self._tokens = float(limits.burst)
@@ -182,23 +197,46 @@ class Client:
     def _write(self, frame: bytes) -> None:
         assert self.sink is not None
         buffered = self.sink(frame)
-        if buffered > self.limits.max_bytes:
-            metrics.SLOW_DROPPED.inc()
-            self.cut(TRY_AGAIN_LATER, SLOW_REASON, reason_label="slow")
+        if buffered < 0:
+            return
+        if buffered - len(frame) > self.limits.hard_bytes:
+            self._cut_slow()
+        elif buffered > self.limits.max_bytes:
+            self._watch_backlog()
 
     def _append(self, frame: str | bytes) -> None:
+        before = self._queued_bytes
         self._queue.append(frame)
         self._queued_bytes += len(frame)
-        if (
-            len(self._queue) > self.limits.max_messages
-            or self._queued_bytes > self.limits.max_bytes
-        ):
-            metrics.SLOW_DROPPED.inc()
-            self.cut(TRY_AGAIN_LATER, SLOW_REASON, reason_label="slow")
+        if len(self._queue) > self.limits.max_messages or before > self.limits.hard_bytes:
+            self._cut_slow()
             return
+        if self._queued_bytes > self.limits.max_bytes:
+            self._watch_backlog()
         if len(self._queue) * 2 > self.limits.max_messages:
             self.room.clear()
         self.wakeup.set()
+
+    def _current_backlog(self) -> int:
+        if self.backlog is not None:
+            return self.backlog()
+        return self._queued_bytes
+
+    def _watch_backlog(self) -> None:
+        """The backlog is above `max_bytes`: cut unless it drains within `slow_grace`."""
+        if self._slow_timer is None:
+            self._slow_timer = asyncio.get_running_loop().call_later(
+                self.limits.slow_grace, self._check_backlog
+            )
+
+    def _check_backlog(self) -> None:
+        self._slow_timer = None
+        if self.close_code is None and self._current_backlog() > self.limits.max_bytes:
+            self._cut_slow()
+
+    def _cut_slow(self) -> None:
+        metrics.SLOW_DROPPED.inc()
+        self.cut(TRY_AGAIN_LATER, SLOW_REASON, reason_label="slow")
 
     def deliver(self, d: Delivery) -> None:
         """Queue one event (live fan-out path: never awaits)."""
@@ -264,6 +302,18 @@ class Client:
         return True
 
     # -- ending -------------------------------------------------------------------------
+    def stop_timers(self) -> None:
+        """The connection is over: nothing may fire for it any more."""
+        self._stop_watching()
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+
+    def _stop_watching(self) -> None:
+        if self._slow_timer is not None:
+            self._slow_timer.cancel()
+            self._slow_timer = None
+
     def close(self, code: int, reason: str, *, flush: bool = True) -> None:
         """End the connection after sending what is queued (`flush`), e.g. going away."""
         if self.close_code is not None:
@@ -287,6 +337,7 @@ class Client:
         self.close_code = code
         self.close_reason = reason
         self.flush_before_close = False
+        self._stop_watching()
         self.wakeup.set()
         self.room.set()
         if self.on_cut is not None:

@@ -22,7 +22,7 @@ from bridge_common.redis import AnyRedis
 from . import metrics
 from .auth import Authenticator, Principal
 from .clients import GOING_AWAY, POLICY_VIOLATION, Client, Limits, Transport
-from .cors import cors_headers
+from .cors import cors_headers, origin_listed
 from .history import REDIS_CONCURRENCY, History
 from .hub import Hub
 from .settings import Settings
@@ -86,6 +86,7 @@ class Gateway:
             secret,
             enabled=settings.auth == "jwt",
             previous=tuple(p.strip() for p in previous.split(",") if p.strip()),
+            max_lifetime=settings.jwt_max_lifetime,
         )
         limit = asyncio.Semaphore(REDIS_CONCURRENCY)
         self.topics = TopicRegistry(redis, self.channels, limit)
@@ -97,6 +98,8 @@ class Gateway:
             max_subscriptions=settings.max_subscriptions,
             rate=settings.rate_limit,
             burst=settings.rate_burst,
+            slow_grace=settings.slow_reader_grace,
+            hard_bytes=settings.send_buffer_max_bytes,
         )
         self.origins = settings.origins
         self.clients: set[Client] = set()
@@ -108,7 +111,7 @@ class Gateway:
         """Browsers send Origin; with an allow-list configured only listed origins pass."""
         if not self.origins or origin is None:
             return True
-        return origin.rstrip("/") in self.origins
+        return origin_listed(self.origins, origin)
 
     def cors_headers(self, origin: str | None) -> dict[str, str]:
         """CORS headers for an answer (success or refusal) to a request from `origin`."""
@@ -132,9 +135,7 @@ class Gateway:
         return client
 
     def close_client(self, client: Client) -> None:
-        if client.expiry is not None:
-            client.expiry.cancel()
-            client.expiry = None
+        client.stop_timers()
         if client in self.clients:
             self.clients.discard(client)
             metrics.CONNECTIONS.labels(client.transport).dec()

@@ -47,6 +47,17 @@ class _RowOnly(msgspec.Struct):
 _row_decoder = msgspec.json.Decoder(_RowOnly)
 
 
+_TRUNCATE = b'","op":"truncate"'
+
+
+def table_wide(raw: bytes) -> bool:
+    """A `truncate` event concerns every row: it passes every filter.
+
+    `op` follows the topic and id (no quotes in either), so it lies in the first bytes.
+    """
+    return raw.find(_TRUNCATE, 0, 256) >= 0
+
+
 def decode_row(raw: bytes) -> dict[str, Any]:
     try:
         return _row_decoder.decode(raw).data
@@ -384,9 +395,10 @@ class Hub:
         d = Delivery(feed.topic, raw, id_bytes)
         row: dict[str, Any] | None = None
         n = 0
+        everyone = table_wide(raw)
         for group in feed.groups.values():
             flt = group.filter
-            if flt is not None:
+            if flt is not None and not everyone:
                 if row is None:
                     row = decode_row(raw)
                 if not flt.matches(row):

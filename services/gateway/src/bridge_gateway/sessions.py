@@ -29,7 +29,7 @@ from .errors import (
 )
 from .event_ids import EventId, parse_id
 from .filters import compile_filter
-from .hub import Subscription, decode_row
+from .hub import Subscription, decode_row, table_wide
 from .protocol import PONG, encode_subscribed
 
 if TYPE_CHECKING:
@@ -62,6 +62,13 @@ class Session:
             return
         except msgspec.DecodeError:
             self.client.send_error(BadRequest("malformed JSON: one JSON object per frame"))
+            return
+        except UnicodeDecodeError:
+            # a binary frame whose JSON strings are not UTF-8
+            self.client.send_error(BadRequest("invalid UTF-8 in the JSON message"))
+            return
+        except RecursionError:
+            self.client.send_error(BadRequest("message nested too deeply"))
             return
         try:
             if isinstance(msg, Subscribe):
@@ -149,7 +156,11 @@ class Session:
             try:
                 async for batch in self.gw.history.read_after(topic, since):
                     for event_id, id_bytes, raw in batch:
-                        if sub.filter is None or sub.filter.matches(decode_row(raw)):
+                        if (
+                            sub.filter is None
+                            or table_wide(raw)
+                            or sub.filter.matches(decode_row(raw))
+                        ):
                             await client.wait_room()
                             if client.closing:
                                 return

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from bridge_common.jwt_secret import secret_problem
 from bridge_common.settings import BridgeSettings
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from .cors import serialize_origin
+
+_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(s|m|h|d)?")
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 class Settings(BridgeSettings):
@@ -19,6 +25,10 @@ class Settings(BridgeSettings):
     #: BRIDGE_JWT_SECRET; these only verify tokens issued before the switch)
     jwt_previous_secrets: SecretStr | None = Field(
         default=None, validation_alias="BRIDGE_JWT_PREVIOUS_SECRETS"
+    )
+    #: tokens whose `exp` lies further ahead are refused: seconds, or `90m`, `24h`, `7d`
+    jwt_max_lifetime: float = Field(
+        default=24 * 3600.0, gt=0, le=366 * 86400, validation_alias="BRIDGE_JWT_MAX_LIFETIME"
     )
     #: comma-separated browser origins allowed to connect; empty = any origin
     allowed_origins: str = Field(default="", validation_alias="BRIDGE_GATEWAY_ALLOWED_ORIGINS")
@@ -42,7 +52,10 @@ class Settings(BridgeSettings):
     rate_burst: int = Field(
         default=200, ge=1, le=1_000_000, validation_alias="BRIDGE_GATEWAY_RATE_BURST"
     )
-    #: outgoing buffer per connection; a client that falls further behind is cut off
+    #: outgoing buffer per connection: a client with more events waiting than
+    #: SEND_BUFFER_MESSAGES, or whose backlog stays above SEND_BUFFER_BYTES for
+    #: SLOW_READER_GRACE seconds, or exceeds SEND_BUFFER_MAX_BYTES before a new frame, is
+    #: cut off (1013); one frame of any size never trips a bound by itself
     send_buffer_messages: int = Field(
         default=2_000, ge=2, le=1_000_000, validation_alias="BRIDGE_GATEWAY_SEND_BUFFER_MESSAGES"
     )
@@ -51,6 +64,15 @@ class Settings(BridgeSettings):
         ge=1024,
         le=1 << 30,
         validation_alias="BRIDGE_GATEWAY_SEND_BUFFER_BYTES",
+    )
+    slow_reader_grace: float = Field(
+        default=5.0, gt=0, le=600, validation_alias="BRIDGE_GATEWAY_SLOW_READER_GRACE"
+    )
+    send_buffer_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        le=1 << 34,
+        validation_alias="BRIDGE_GATEWAY_SEND_BUFFER_MAX_BYTES",
     )
     ping_interval: float = Field(
         default=20.0, gt=0, le=3600, validation_alias="BRIDGE_GATEWAY_PING_INTERVAL"
@@ -91,13 +113,43 @@ class Settings(BridgeSettings):
                 raise ValueError(f"entry {i + 1} {problem}")
         return v
 
+    @model_validator(mode="after")
+    def _buffer_bounds(self) -> Settings:
+        if self.send_buffer_max_bytes < self.send_buffer_bytes:
+            raise ValueError(
+                "BRIDGE_GATEWAY_SEND_BUFFER_MAX_BYTES must be at least "
+                "BRIDGE_GATEWAY_SEND_BUFFER_BYTES"
+            )
+        return self
+
+    @field_validator("jwt_max_lifetime", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> object:
+        if isinstance(v, str):
+            m = _DURATION_RE.fullmatch(v.strip())
+            if m is None:
+                raise ValueError("a duration such as 3600, 90m, 24h or 7d")
+            return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+        return v
+
     @field_validator("auth", mode="before")
     @classmethod
     def _lower_auth(cls, v: object) -> object:
         return v.lower() if isinstance(v, str) else v
 
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, v: str) -> str:
+        for entry in v.split(","):
+            if entry.strip() and serialize_origin(entry, strict=False) is None:
+                raise ValueError(f"{entry.strip()!r} is not an origin (scheme://host[:port])")
+        return v
+
     @property
     def origins(self) -> frozenset[str]:
-        return frozenset(
-            o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()
-        )
+        out = set()
+        for entry in self.allowed_origins.split(","):
+            serialized = serialize_origin(entry, strict=False) if entry.strip() else None
+            if serialized is not None:
+                out.add(serialized)
+        return frozenset(out)

@@ -106,6 +106,7 @@ def _run_detached(gw: Gateway, ws: WebSocket, principal: Principal, ext: Any) ->
     client.on_cut = ext["cut"]
     client.sink = ext["write"]
     client.wait_writable = ext["wait_writable"]
+    client.backlog = ext["buffered"]
     session = Session(gw, client)
 
     def on_frame(frame: str | bytes) -> None:

@@ -13,6 +13,7 @@ period — so a stuck client costs nothing after it is cut.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -41,6 +42,11 @@ class _NoQueue:
 
 _NO_QUEUE = _NoQueue()
 
+#: websockets' own handshake lines ("connection open", "connection rejected (401 …)")
+#: repeat uvicorn's one line per upgrade: keep only its warnings and errors
+_HANDSHAKE_LOG = logging.getLogger("bridge_gateway.ws_handshake")
+_HANDSHAKE_LOG.setLevel(logging.WARNING)
+
 OnFrame = Callable[[str | bytes], None]
 OnGone = Callable[[], None]
 
@@ -51,6 +57,10 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     on_gone: OnGone | None = None
     detached = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn.logger = _HANDSHAKE_LOG
+
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = cast(dict[str, Any] | None, getattr(self, "scope", None))
@@ -59,6 +69,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
                 "cut": self.cut,
                 "write": self.write_frame,
                 "wait_writable": self.wait_writable,
+                "buffered": self.buffered,
                 "detach": self.detach,
             }
 
@@ -137,8 +148,13 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.transport.close()
             return
         if not self.handshake_complete:
-            self.logger.error("ASGI callable returned without completing handshake.")
-            self.send_500_response()
+            if self.initial_response is None:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+            elif self.close_timer is None:
+                # a refusal (401, 403, 503) already answered and logged once at info
+                self.transport.close()
+            return
         if self.detached:
             return  # the connection lives on without the ASGI task
         if self.close_timer is None:
@@ -153,6 +169,12 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.close_sent or self.transport.is_closing() or not self.handshake_complete:
             return -1
         self.transport.write(frame)
+        return int(self.transport.get_write_buffer_size())
+
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the peer (0 once closed)."""
+        if self.transport.is_closing():
+            return 0
         return int(self.transport.get_write_buffer_size())
 
     async def wait_writable(self) -> None:

@@ -46,7 +46,7 @@ MAX_LIMIT = 200
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
-_ACTION_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_ACTION_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 # "+02:00" arrives as " 02:00" when a client forgets to percent-encode the plus sign
 _SPACE_OFFSET_RE = re.compile(r"^(.*\d) (\d{2}(:?\d{2})?)$")
 
@@ -166,7 +166,7 @@ def parse_bucket(raw: str | None) -> str:
 def parse_action(raw: str | None) -> str | None:
     if raw is None:
         return None
-    if not _ACTION_RE.match(raw):
+    if not _ACTION_RE.fullmatch(raw):
         raise InvalidParameter("action", "1-64 characters of letters, digits, '_', '.', ':' or '-'")
     return raw
 
@@ -184,7 +184,8 @@ def parse_limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_LIMIT
     text = raw.strip()
-    if not text.isdigit() or len(text) > 6:
+    # ASCII digits only: str.isdigit() also accepts "٣" and "²"
+    if not (text.isascii() and text.isdigit()) or len(text) > 6:
         raise InvalidParameter("limit", f"must be an integer from 1 to {MAX_LIMIT}")
     value = int(text)
     if not 1 <= value <= MAX_LIMIT:

@@ -5,6 +5,7 @@
 //   const sub = client.subscribe("intents", {
 //     filter: { status: ["failed", "corrected"] },
 //     onEvent: (event) => render(event),        // {type, topic, id, op, key, data, ts}
+//                                               // op: insert|update|delete|truncate
 //     onError: (err) => { if (err.code === "history_lost") reload(); },
 //   });
 //   ...; sub.close(); client.close();
@@ -15,6 +16,8 @@
 // subscription from the last event it delivered and drops anything at or below that id, so
 // onEvent sees each event once. `history_lost` (the gateway no longer holds the events to
 // resume from) reaches onError as a HistoryLost; the subscription then carries on live.
+// An event with op "truncate" (key "", data {}) means the table was emptied: drop every row
+// held for the topic. A composite primary key arrives as JSON array text: JSON.parse(key).
 
 export class BridgeClientError extends Error {
   constructor(code, message, topic = null) {
