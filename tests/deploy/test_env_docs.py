@@ -13,7 +13,8 @@ How a default is written:
 - unset (None): `unset`, optionally followed by words or a parenthesis
 - empty string: `empty`
 - a number: `10`, `0.5`, `50000` or `50 000`, optionally with a unit: `s`, `ms`
-  (milliseconds kept as written), `KiB`/`MiB` (multiplied out), or any other word after it
+  (milliseconds kept as written), `KiB`/`MiB` and `m`/`h`/`d` (multiplied out), or any
+  other word after it
 - anything else: the value, in backticks or not; text after the first ` (` or `;` is
   commentary
 """
@@ -150,7 +151,16 @@ def doc_rows() -> list[Row]:
     return table_rows(ROOT / "README.md") + table_rows(ROOT / "docs" / "runbook.md")
 
 
-_UNITS = {"kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_UNITS = {
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    # durations written as the settings parse them (`90m`, `24h`, `7d`), in seconds
+    "m": 60,
+    "min": 60,
+    "h": 3600,
+    "d": 86400,
+}
 
 
 def documented_value(cell: str) -> str:
@@ -255,6 +265,8 @@ def test_general_variables_are_in_the_readme() -> None:
         ("`postgresql://localhost/bridge`", "postgresql://localhost/bridge", True),
         ("unset (the source DSN)", None, True),
         ("4 MiB", 4 * 1024 * 1024, True),
+        ("`24h`", 86_400.0, True),
+        ("90m", 5_400, True),
         ("50 000", 50_000, True),
         ("20 s", 20.0, True),
         ("empty (any origin)", "", True),
