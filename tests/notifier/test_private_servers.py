@@ -55,7 +55,7 @@ async def test_postgres_restart_under_writers_and_ts_is_the_commit_time(
     assert '"commit_ts": true' in proc.logs()
     [first] = [
         ev
-        for _, _, ev in await stream_events(aredis_client, namespace, "restarted")
+        for _, ev in await stream_events(aredis_client, namespace, "restarted")
         if ev.key == "-1"
     ]
     ts = datetime.fromisoformat(first.ts).timestamp()
