@@ -216,7 +216,11 @@ class RelayPublisher:
         except NoScriptError:
             sha = await self._load()
             result = await self.client.evalsha(sha, len(keys), *keys, *argv)
-        return bool(int(result[0])), int(result[1])
+        lost = bool(int(result[0]))
+        if lost:
+            # whatever wiped the stream wiped the topic registry too (other slot on a cluster)
+            await self.client.sadd(self.channels.topics, topic)
+        return lost, int(result[1])
 
     async def last_id(self, topic: str) -> str | None:
         """The id of the newest entry Redis holds on `topic` (None: none)."""

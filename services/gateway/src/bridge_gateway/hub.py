@@ -42,16 +42,21 @@ SYNC_BUFFER = 10_000
 
 class _RowOnly(msgspec.Struct):
     data: dict[str, Any] = {}
+    too_large: bool = False
 
 
 _row_decoder = msgspec.json.Decoder(_RowOnly)
 
 
-def decode_row(raw: bytes) -> dict[str, Any]:
+def passes(row_filter: RowFilter, raw: bytes) -> bool:
+    """Whether an event goes to a filtered subscriber. An event without its row (larger
+    than the notifier's BRIDGE_MAX_EVENT_BYTES) cannot be filtered: every subscriber of
+    the topic is told, never left with a silent gap."""
     try:
-        return _row_decoder.decode(raw).data
+        decoded = _row_decoder.decode(raw)
     except msgspec.MsgspecError:
-        return {}
+        return row_filter.matches({})
+    return decoded.too_large or row_filter.matches(decoded.data)
 
 
 class Subscription:
@@ -382,14 +387,17 @@ class Hub:
         feed.last_id = event_id
         feed.events_in.inc()
         d = Delivery(feed.topic, raw, id_bytes)
-        row: dict[str, Any] | None = None
+        decoded: _RowOnly | None = None
         n = 0
         for group in feed.groups.values():
             flt = group.filter
             if flt is not None:
-                if row is None:
-                    row = decode_row(raw)
-                if not flt.matches(row):
+                if decoded is None:
+                    try:
+                        decoded = _row_decoder.decode(raw)
+                    except msgspec.MsgspecError:
+                        decoded = _RowOnly()
+                if not decoded.too_large and not flt.matches(decoded.data):
                     continue
             for sub in group.subs:
                 sub.deliver(d)
