@@ -133,8 +133,9 @@ local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
 if last[1] then
   top_ms, top_n = parse(last[1][1])
 elseif redis.call('EXISTS', key) == 1 then
+  -- an emptied stream still knows its last id (the first fields hold no nil: scan them)
   local info = redis.call('XINFO', 'STREAM', key)
-  for i = 1, #info, 2 do
+  for i = 1, 14, 2 do
     if info[i] == 'last-generated-id' then top_ms, top_n = parse(info[i + 1]) end
   end
 end
@@ -155,14 +156,14 @@ for i = 5, #ARGV, 2 do
 end
 if lost and top_id then
   local info = redis.call('XINFO', 'STREAM', key)
-  local entries, maxdel = 0, '0-0'
-  for i = 1, #info, 2 do
-    if info[i] == 'entries-added' then entries = info[i + 1] end
+  local maxdel = '0-0'
+  for i = 1, 14, 2 do
     if info[i] == 'max-deleted-entry-id' then maxdel = info[i + 1] end
   end
   local dms, dn = parse(maxdel)
-  if below(dms, dn, prev_ms, prev_n) then maxdel = prev end
-  redis.call('XSETID', key, top_id, 'ENTRIESADDED', entries + 1, 'MAXDELETEDID', maxdel)
+  if below(dms, dn, prev_ms, prev_n) then
+    redis.call('XSETID', key, top_id, 'MAXDELETEDID', prev)
+  end
 end
 return {lost and 1 or 0, added}
 """
