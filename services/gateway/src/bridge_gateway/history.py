@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from bridge_common.channels import Channels
 from bridge_common.events import assemble_event
 from bridge_common.redis import AnyRedis, is_cluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from . import metrics
@@ -122,16 +123,28 @@ class History:
                 behind = 0
                 yield out
 
+    async def _read_batch(self, key: str, cursor: EventId) -> list[Any]:
+        """XINFO STREAM + XRANGE in one transaction; once more on a fresh connection when
+        the pooled one died with a restarted Redis."""
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=self._transaction)
+            pipe.xinfo_stream(key)
+            pipe.xrange(key, min=f"({format_id(cursor)}", max="+", count=self.batch)
+            try:
+                result: list[Any] = await pipe.execute(raise_on_error=False)
+                return result
+            except RedisConnectionError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
     async def _read_redis(self, topic: str, after: EventId) -> AsyncIterator[list[Entry]]:
         """Batches from the stream; `_Gap` when Redis cannot vouch for what follows."""
         key = self.channels.stream(topic)
         cursor = after
         while True:
             async with self.limit:
-                pipe = self.redis.pipeline(transaction=self._transaction)
-                pipe.xinfo_stream(key)
-                pipe.xrange(key, min=f"({format_id(cursor)}", max="+", count=self.batch)
-                info, entries = await pipe.execute(raise_on_error=False)
+                info, entries = await self._read_batch(key, cursor)
             if isinstance(entries, Exception):
                 raise entries
             if isinstance(info, ResponseError):
