@@ -93,8 +93,9 @@ class Outbox:
         # Data-modifying CTEs all run, whether the final SELECT reads them or not; that
         # SELECT sees the snapshot from before the DELETE, hence the NOT IN again.
         self._move = sql.SQL(
-            "WITH x AS (SELECT * FROM unnest(%(seq)s::bigint[], %(ms)s::bigint[], "
-            "%(n)s::bigint[], %(big)s::int[]) AS x(seq, ms, n, big)), "
+            # the arrays travel in binary (%b): no per-element quoting on either side
+            "WITH x AS (SELECT * FROM unnest(%(seq)b::bigint[], %(ms)b::bigint[], "
+            "%(n)b::bigint[], %(big)b::int[]) AS x(seq, ms, n, big)), "
             "moved AS (DELETE FROM bridge.outbox o USING x WHERE o.seq = x.seq "
             "RETURNING o.topic, x.ms, x.n, o.op, o.key, "
             "CASE WHEN x.big IS NULL THEN o.payload END AS payload, x.big AS size, "
@@ -109,7 +110,7 @@ class Outbox:
             "last_n = EXCLUDED.last_n, pub_ms = EXCLUDED.pub_ms, pub_n = EXCLUDED.pub_n) "
             "SELECT seq, topic, op, key, payload::text, "
             "to_char(({ts}) AT TIME ZONE 'UTC', {iso}) FROM bridge.outbox "
-            "WHERE seq NOT IN (SELECT unnest(%(seq)s::bigint[])) "
+            "WHERE seq NOT IN (SELECT unnest(%(seq)b::bigint[])) "
             "ORDER BY seq LIMIT %(limit)s"
         ).format(
             ts=sql.SQL(ts),

@@ -272,38 +272,47 @@ class Relay:
         return not stop.is_set()
 
     async def _assign(self, rows: Sequence[OutboxRow]) -> _Batch:
-        """Give each row its event id (per topic, in seq order) and its fragment."""
+        """Give each row its event id (per topic, in seq order) and its fragment. The hot
+        loop of the relay: kept to plain local operations per row."""
         batch = _Batch()
         moves = batch.moves
+        seqs, mss, ns, sizes = moves.seqs, moves.ms, moves.n, moves.sizes
         limit = self.settings.max_event_bytes
+        small = limit // 4  # a str of at most this many characters fits in `limit` bytes
         now_ms = int(time.time() * 1000)
+        topics = self.ids.topics
+        assign = self.ids.assign
+        by_topic = batch.by_topic
         for r in rows:
-            moves.seqs.append(r.seq)
-            try:
-                check_topic(r.topic)
-            except InvalidTopic:
-                # cannot be a stream name; deleted with the batch so it never blocks the queue
-                self.metrics.rejected.inc()
-                log.error("outbox.row_rejected", seq=r.seq, topic=r.topic, reason="invalid topic")
-                moves.ms.append(None)
-                moves.n.append(None)
-                moves.sizes.append(None)
-                continue
-            if not self.ids.known(r.topic):
-                await self._start_topic(r.topic)
-            pos = self.ids.assign(r.topic, now_ms)
-            moves.ms.append(pos[0])
-            moves.n.append(pos[1])
-            size = _size_over(r.payload, limit)
-            moves.sizes.append(size)
+            seqs.append(r.seq)
+            topic = r.topic
+            if topic not in topics:
+                if not _valid_topic(topic):
+                    # cannot be a stream name; deleted with the batch, never blocks the queue
+                    self.metrics.rejected.inc()
+                    log.error("outbox.row_rejected", seq=r.seq, topic=topic, reason="invalid topic")
+                    mss.append(None)
+                    ns.append(None)
+                    sizes.append(None)
+                    continue
+                await self._start_topic(topic)
+            pos = assign(topic, now_ms)
+            mss.append(pos[0])
+            ns.append(pos[1])
+            payload = r.payload
+            size = None if len(payload) <= small else _size_over(payload, limit)
+            sizes.append(size)
             if size is None:
-                frag = event_fragment_raw(r.op, r.key, r.payload, r.ts)
+                frag = event_fragment_raw(r.op, r.key, payload, r.ts)
             else:
                 self.metrics.too_large.inc()
-                log.warning("outbox.row_too_large", topic=r.topic, key=r.key[:200], bytes=size)
+                log.warning("outbox.row_too_large", topic=topic, key=r.key[:200], bytes=size)
                 frag = event_fragment_too_large(r.op, r.key, size, r.ts)
-            batch.by_topic.setdefault(r.topic, []).append((format_position(pos), frag))
-            batch.max_ms = max(batch.max_ms, pos[0])
+            items = by_topic.get(topic)
+            if items is None:
+                items = by_topic[topic] = []
+            items.append((f"{pos[0]}-{pos[1]}", frag))
+        batch.max_ms = max((m for m in mss if m is not None), default=0)
         return batch
 
     async def _start_topic(self, topic: str) -> None:
@@ -451,9 +460,7 @@ async def _settle(fut: asyncio.Future[None]) -> None:
 
 
 def _size_over(payload: str, limit: int) -> int | None:
-    """The row's size in bytes when it exceeds `limit`, else None (cheap for small rows)."""
-    if len(payload) * 4 <= limit:
-        return None
+    """The row's size in bytes when it exceeds `limit`, else None."""
     size = len(payload.encode())
     return size if size > limit else None
 
