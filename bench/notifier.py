@@ -210,6 +210,19 @@ async def _bulk(dsn: str, seconds: float, start_id: int) -> dict[str, float]:
     }
 
 
+async def _history_bytes(dsn: str) -> float:
+    """Bytes the history takes per event (heap, TOAST and index of every partition)."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute("VACUUM ANALYZE bridge.history")
+        cur = await conn.execute(
+            "SELECT (SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
+            "WHERE inhparent = 'bridge.history'::regclass), (SELECT count(*) FROM bridge.history)"
+        )
+        row = await cur.fetchone()
+    size, count = row or (0, 0)
+    return float(size or 0) / max(1, int(count or 0))
+
+
 def _pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -352,6 +365,7 @@ async def run(args: argparse.Namespace) -> str:
                     run_p99.append(_pct(one, 0.99))
                 print(f"sustained bulk writer for {args.bulk_seconds:g}s ...", flush=True)
                 bulk = await _bulk(dsn, args.bulk_seconds, start_id=10 * args.rows)
+                per_event = await _history_bytes(dsn)
             finally:
                 notifier.stop()
     finally:
@@ -404,6 +418,11 @@ async def run(args: argparse.Namespace) -> str:
             f"{bulk['median']:,.0f} / {bulk['max']:,.0f} / {bulk['end']:,.0f} rows; "
             f"**{bulk['slope']:+,.0f} rows/s**",
             "flat",
+        ),
+        (
+            "history storage per event (~300-byte rows: heap + index, every partition)",
+            f"{per_event:,.0f} bytes",
+            "—",
         ),
         (
             "floor: PostgreSQL alone, commit → a plain LISTEN connection, p50 / p99",
