@@ -281,21 +281,23 @@ class Relay:
         small = limit // 4  # a str of at most this many characters fits in `limit` bytes
         now_ms = int(time.time() * 1000)
         topics = self.ids.topics
+        # new topics first (this may need Redis): no id is assigned unless all can be
+        for topic in {r.topic for r in rows}.difference(topics):
+            if _valid_topic(topic):
+                await self._start_topic(topic)
         assign = self.ids.assign
         by_topic = batch.by_topic
         for r in rows:
             seqs.append(r.seq)
             topic = r.topic
             if topic not in topics:
-                if not _valid_topic(topic):
-                    # cannot be a stream name; deleted with the batch, never blocks the queue
-                    self.metrics.rejected.inc()
-                    log.error("outbox.row_rejected", seq=r.seq, topic=topic, reason="invalid topic")
-                    mss.append(None)
-                    ns.append(None)
-                    sizes.append(None)
-                    continue
-                await self._start_topic(topic)
+                # cannot be a stream name; deleted with the batch, never blocks the queue
+                self.metrics.rejected.inc()
+                log.error("outbox.row_rejected", seq=r.seq, topic=topic, reason="invalid topic")
+                mss.append(None)
+                ns.append(None)
+                sizes.append(None)
+                continue
             pos = assign(topic, now_ms)
             mss.append(pos[0])
             ns.append(pos[1])
