@@ -426,3 +426,38 @@ def _metric(proc: ServiceProcess, name: str) -> float:
         if line.startswith(name + " ") or line.startswith(name + "{"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+async def test_history_database_unreachable_is_history_lost_saying_so(
+    spawn, bridge_env, migrated_dsn, namespace, volatile_redis
+) -> None:
+    from tests.support.infra import free_port
+
+    topic = "unreachable"
+    await _watched(migrated_dsn, topic)
+    env = _env(bridge_env, volatile_redis)
+    spawn("notifier", env)
+    gw = spawn(
+        "gateway",
+        {**env, "BRIDGE_HISTORY_DSN": f"postgresql://postgres@127.0.0.1:{free_port()}/none"},
+    )
+    await _insert(migrated_dsn, topic, 0, 3)
+    ids = await _published(migrated_dsn, topic, 3)
+    await _in_redis(volatile_redis, namespace, topic, ids[-1])
+    # inside Redis's window the history database is not needed
+    assert _keys(await _sse_resume(gw, topic, ids[0], 2)) == ["k1", "k2"]
+    r = aredis.Redis.from_url(volatile_redis.url)
+    await r.flushall()
+    await r.aclose()
+    url = gw.url.replace("http://", "ws://") + "/ws"
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({"type": "subscribe", "topic": topic, "since": ids[0]}))
+        first = json.loads(await asyncio.wait_for(ws.recv(), 15))
+        assert first["type"] == "error" and first["code"] == "history_lost", first
+        assert "cannot be reached" in first["message"]
+        subscribed = json.loads(await asyncio.wait_for(ws.recv(), 15))
+        assert subscribed == {"type": "subscribed", "topic": topic, "recovered": False}
+        # and it carries on live
+        await _insert(migrated_dsn, topic, 3, 1)
+        live = json.loads(await asyncio.wait_for(ws.recv(), 15))
+        assert live["type"] == "event" and live["key"] == "k3"

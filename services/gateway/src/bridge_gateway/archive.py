@@ -9,6 +9,7 @@ reported, never silently short.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,6 +26,9 @@ from .event_ids import EventId, format_id
 log = get_logger(__name__)
 
 APPLICATION_NAME = "bridge-gateway-history"
+
+#: how long an unreachable history database is answered for without trying again (s)
+_DOWN_FOR = 5.0
 
 #: (event id, id bytes, fragment)
 Row = tuple[EventId, bytes, bytes]
@@ -54,11 +58,26 @@ class Archive:
     def __init__(self, pool: AsyncConnectionPool, batch: int = 500) -> None:
         self.pool = pool
         self.batch = batch
+        #: after a failure to reach the database, answer at once until then (monotonic)
+        self._down_until = 0.0
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        """A pooled connection; while the database was just found unreachable, fail at
+        once instead of making every resume wait for the pool's timeout."""
+        if time.monotonic() < self._down_until:
+            raise psycopg.OperationalError("the history database was unreachable moments ago")
+        try:
+            async with self.pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout):
+            self._down_until = time.monotonic() + _DOWN_FOR
+            raise
 
     async def has_topic(self, topic: str) -> bool:
         """Whether events were ever published on `topic` (False when unreachable)."""
         try:
-            async with self.pool.connection() as conn:
+            async with self._connection() as conn:
                 cur = await conn.execute(
                     "SELECT 1 FROM bridge.history_topics WHERE topic = %s", (topic,)
                 )
@@ -74,7 +93,7 @@ class Archive:
         first = True
         while True:
             try:
-                async with self.pool.connection() as conn:
+                async with self._connection() as conn:
                     if first:
                         await self._check_floor(conn, topic, cursor)
                         first = False
@@ -148,7 +167,12 @@ def _retention_lost(topic: str, cursor: EventId) -> HistoryLost:
 
 @asynccontextmanager
 async def open_archive(
-    dsn: str, *, max_size: int, batch: int, statement_timeout: float = 10.0
+    dsn: str,
+    *,
+    max_size: int,
+    batch: int,
+    statement_timeout: float = 10.0,
+    wait_timeout: float = 5.0,
 ) -> AsyncIterator[Archive]:
     """The pool opens no connection until a replay needs one (a gateway serves live events
     without the history database)."""
@@ -157,7 +181,7 @@ async def open_archive(
         min_size=0,
         max_size=max_size,
         name="history",
-        timeout=statement_timeout,
+        timeout=wait_timeout,
         kwargs={"autocommit": True},
         check=AsyncConnectionPool.check_connection,
         open=False,
