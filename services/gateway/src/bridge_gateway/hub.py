@@ -7,9 +7,10 @@ the row at most once when some subscriber has a filter, and appends the same enc
 frame to every matching client's buffer (encode once, send many).
 
 No gap when Redis drops: the hub reconnects with backoff and re-subscribes; while a feed
-is re-synchronising, live messages are buffered, the stream is read from the last
-delivered id (`XRANGE`), and then the buffer is flushed skipping ids already delivered —
-connected clients see every event once, in order.
+is re-synchronising, live messages are buffered, the history is read from the last
+delivered id (the stream, else the PostgreSQL history when Redis lost data — see
+`history.py`), and then the buffer is flushed skipping ids already delivered — connected
+clients see every event once, in order.
 """
 
 from __future__ import annotations
