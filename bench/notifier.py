@@ -491,6 +491,14 @@ relay rate is the span between the first and the last event id (the relay stamps
 with its clock when it assigns it, just before the history write and the publish). Every
 relayed event is written to the PostgreSQL history in the same transaction that deletes
 it from the outbox.
+
+Against the machine of the day: the relay ran at {relay / raw:.2f}× this run's raw outbox
+INSERT rate. Before the history tier (recorded 2026-11-28 on a quieter machine) it ran at
+82,679 events/s = 0.36× that run's raw INSERT rate (229,889 rows/s). On a machine this
+loaded, the ratio moves by ±0.1 between phases of one run, so it bounds the history's
+cost rather than measuring it. The relay is one connection: the move statement (delete +
+history insert + next read) is its bottleneck, PostgreSQL-side; under the bulk writer it
+shares the two cores with the writer's backend and the capture trigger.
 """
 
 
