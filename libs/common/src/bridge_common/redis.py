@@ -23,11 +23,14 @@ from typing import Any, TypeAlias
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+# the asyncio clients need the asyncio Retry: given the sync one, their call_with_retry
+# returns the coroutine un-awaited and a dead pooled connection fails the command at once
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from .channels import Channels
 from .events import event_prefix
