@@ -21,10 +21,17 @@ import psycopg
 import pytest
 import redis.asyncio as aredis
 import websockets
-from bridge_common.channels import Channels
-from psycopg import sql
 
 from tests.support.cluster import RedisNode, redis_server
+from tests.support.history import (
+    history_ids,
+    insert_rows,
+    stream_ids,
+    until,
+    wait_history,
+    wait_in_redis,
+    watched_table,
+)
 from tests.support.processes import ServiceProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -45,77 +52,6 @@ def _env(bridge_env: dict[str, str], node: RedisNode, **extra: str) -> dict[str,
         "BRIDGE_GATEWAY_REDIS_RETRY": "0.2",
         **extra,
     }
-
-
-async def _watched(dsn: str, table: str) -> None:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        await conn.execute(
-            sql.SQL(
-                "CREATE TABLE {} (id text PRIMARY KEY, n int NOT NULL, note text NOT NULL "
-                "DEFAULT '')"
-            ).format(sql.Identifier(table))
-        )
-        await conn.execute("SELECT bridge.watch(%s::regclass)", (table,))
-
-
-async def _insert(dsn: str, table: str, first: int, count: int, note: str = "") -> list[str]:
-    """`count` rows, one transaction each; returns their keys in commit order."""
-    keys = []
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        for n in range(first, first + count):
-            await conn.execute(
-                sql.SQL("INSERT INTO {} (id, n, note) VALUES (%s, %s, %s)").format(
-                    sql.Identifier(table)
-                ),
-                (f"k{n}", n, note),
-            )
-            keys.append(f"k{n}")
-    return keys
-
-
-async def _history_ids(dsn: str, topic: str) -> list[str]:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cur = await conn.execute(
-            "SELECT ms || '-' || n FROM bridge.history WHERE topic = %s ORDER BY ms, n", (topic,)
-        )
-        return [r[0] for r in await cur.fetchall()]
-
-
-async def _stream_ids(url: str, ns: str, topic: str) -> list[str]:
-    client = aredis.Redis.from_url(url)
-    try:
-        entries = await client.xrange(Channels(ns).stream(topic))
-    finally:
-        await client.aclose()
-    return [e[0].decode() for e in entries]
-
-
-async def _until(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
-async def _published(dsn: str, topic: str, count: int) -> list[str]:
-    """Wait until the history holds `count` events of `topic`; their ids."""
-    ids: list[str] = []
-
-    async def enough() -> bool:
-        nonlocal ids
-        ids = await _history_ids(dsn, topic)
-        return len(ids) >= count
-
-    await _until(enough, 20, f"{count} events of {topic} in the history")
-    return ids
-
-
-async def _in_redis(node: RedisNode, ns: str, topic: str, last_id: str) -> None:
-    async def there() -> bool:
-        ids = await _stream_ids(node.url, ns, topic)
-        return bool(ids) and ids[-1] == last_id
-
-    await _until(there, 20, f"{last_id} in Redis")
 
 
 # -- the three client kinds ---------------------------------------------------------------
@@ -200,16 +136,16 @@ async def test_resume_older_than_a_redis_loss_gets_every_event_once_in_order(
     spawn, bridge_env, migrated_dsn, namespace, volatile_redis, loss: str
 ) -> None:
     topic = f"lost_{loss[:5]}"
-    await _watched(migrated_dsn, topic)
+    await watched_table(migrated_dsn, topic)
     env = _env(bridge_env, volatile_redis)
     spawn("notifier", env)
     gw = spawn("gateway", env)
 
-    before = await _insert(migrated_dsn, topic, 0, 20)
-    ids_before = await _published(migrated_dsn, topic, 20)
-    await _in_redis(volatile_redis, namespace, topic, ids_before[-1])
+    before = await insert_rows(migrated_dsn, topic, 0, 20)
+    ids_before = await wait_history(migrated_dsn, topic, 20)
+    await wait_in_redis(volatile_redis, namespace, topic, ids_before[-1])
     # what Redis held before the loss is what the history holds: same ids
-    assert await _stream_ids(volatile_redis.url, namespace, topic) == ids_before
+    assert await stream_ids(volatile_redis.url, namespace, topic) == ids_before
 
     if loss == "flushall":
         r = aredis.Redis.from_url(volatile_redis.url)
@@ -217,15 +153,15 @@ async def test_resume_older_than_a_redis_loss_gets_every_event_once_in_order(
         await r.aclose()
     else:
         await asyncio.to_thread(volatile_redis.restart, hard=True)
-    assert await _stream_ids(volatile_redis.url, namespace, topic) == []
+    assert await stream_ids(volatile_redis.url, namespace, topic) == []
 
-    after = await _insert(migrated_dsn, topic, 20, 10)
-    ids = await _published(migrated_dsn, topic, 30)
-    await _in_redis(volatile_redis, namespace, topic, ids[-1])
+    after = await insert_rows(migrated_dsn, topic, 20, 10)
+    ids = await wait_history(migrated_dsn, topic, 30)
+    await wait_in_redis(volatile_redis, namespace, topic, ids[-1])
     # ids keep increasing across the loss, and Redis holds the new ones under the same ids
     assert ids[:20] == ids_before
     assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
-    assert await _stream_ids(volatile_redis.url, namespace, topic) == ids[20:]
+    assert await stream_ids(volatile_redis.url, namespace, topic) == ids[20:]
 
     # a client that saw the first event resumes: 2..30 from history then Redis, then live
     since = ids[0]
@@ -238,7 +174,7 @@ async def test_clients_connected_across_a_redis_restart_miss_nothing(
     spawn, bridge_env, migrated_dsn, namespace, volatile_redis
 ) -> None:
     topic = "across"
-    await _watched(migrated_dsn, topic)
+    await watched_table(migrated_dsn, topic)
     env = _env(bridge_env, volatile_redis, BRIDGE_GATEWAY_REDIS_RETRY="1.0")
     spawn("notifier", env)
     gw = spawn("gateway", env)
@@ -255,14 +191,14 @@ async def test_clients_connected_across_a_redis_restart_miss_nothing(
         assert json.loads(await ws.recv())["type"] == "subscribed"
         sse = asyncio.create_task(sse_reader())
         await asyncio.sleep(0)  # the SSE stream subscribes (checked by its count below)
-        keys = await _insert(migrated_dsn, topic, 0, 20)
-        await _published(migrated_dsn, topic, 20)
+        keys = await insert_rows(migrated_dsn, topic, 0, 20)
+        await wait_history(migrated_dsn, topic, 20)
         await asyncio.to_thread(volatile_redis.kill)
         # committed while Redis is down: the notifier moves them into the history, then
         # waits for Redis; the gateway is disconnected
-        keys += await _insert(migrated_dsn, topic, 20, 20)
+        keys += await insert_rows(migrated_dsn, topic, 20, 20)
         await asyncio.to_thread(volatile_redis.start)
-        keys += await _insert(migrated_dsn, topic, 40, 20)
+        keys += await insert_rows(migrated_dsn, topic, 40, 20)
         ws_events = []
         async with asyncio.timeout(40):
             while len(ws_events) < total:
@@ -270,7 +206,7 @@ async def test_clients_connected_across_a_redis_restart_miss_nothing(
                 assert msg["type"] == "event", msg
                 ws_events.append(msg)
         await asyncio.wait_for(sse, 40)
-    ids = await _history_ids(migrated_dsn, topic)
+    ids = await history_ids(migrated_dsn, topic)
     assert _keys(ws_events) == keys and [e["id"] for e in ws_events] == ids
     assert _keys(sse_events) == keys and [e["id"] for e in sse_events] == ids
 
@@ -299,19 +235,19 @@ async def test_notifier_killed_between_history_commit_and_publish_loses_and_dupl
     spawn, bridge_env, migrated_dsn, namespace, volatile_redis
 ) -> None:
     topic = "inflight"
-    await _watched(migrated_dsn, topic)
+    await watched_table(migrated_dsn, topic)
     env = _env(bridge_env, volatile_redis)
     notifier = spawn("notifier", env)
-    first = await _insert(migrated_dsn, topic, 0, 10)
-    ids = await _published(migrated_dsn, topic, 10)
-    await _in_redis(volatile_redis, namespace, topic, ids[-1])
+    first = await insert_rows(migrated_dsn, topic, 0, 10)
+    ids = await wait_history(migrated_dsn, topic, 10)
+    await wait_in_redis(volatile_redis, namespace, topic, ids[-1])
     # Redis stops answering: the next batches are committed into the history, their
     # publish fails — exactly the state a kill -9 between the two leaves — then kill -9
     volatile_redis.proc.send_signal(19)  # SIGSTOP: connections hang, nothing is lost
     try:
-        second = await _insert(migrated_dsn, topic, 10, 15)
+        second = await insert_rows(migrated_dsn, topic, 10, 15)
         # the first batch after the stop is committed into the history; its publish hangs
-        await _published(migrated_dsn, topic, 11)
+        await wait_history(migrated_dsn, topic, 11)
         notifier.kill()
     finally:
         volatile_redis.proc.send_signal(18)  # SIGCONT
@@ -324,9 +260,9 @@ async def test_notifier_killed_between_history_commit_and_publish_loses_and_dupl
         last, pub = await cur.fetchone()  # type: ignore[misc]
     assert last != pub, "the kill left no history event unpublished"
     spawn("notifier", env)
-    all_ids = await _published(migrated_dsn, topic, 25)
-    await _in_redis(volatile_redis, namespace, topic, all_ids[-1])
-    assert await _stream_ids(volatile_redis.url, namespace, topic) == all_ids
+    all_ids = await wait_history(migrated_dsn, topic, 25)
+    await wait_in_redis(volatile_redis, namespace, topic, all_ids[-1])
+    assert await stream_ids(volatile_redis.url, namespace, topic) == all_ids
     gw = spawn("gateway", env)
     await _every_client_resumes(gw, topic, all_ids[0], (first + second)[1:], all_ids[1:])
 
@@ -335,7 +271,7 @@ async def test_id_older_than_the_retention_is_history_lost_and_old_partitions_dr
     spawn, bridge_env, migrated_dsn, namespace, volatile_redis
 ) -> None:
     topic = "retained"
-    await _watched(migrated_dsn, topic)
+    await watched_table(migrated_dsn, topic)
     old_ms = int(time.time() * 1000) - 3 * 3_600_000
     async with await psycopg.AsyncConnection.connect(migrated_dsn, autocommit=True) as conn:
         # an event published three hours ago, in its own hourly partition
@@ -363,13 +299,13 @@ async def test_id_older_than_the_retention_is_history_lost_and_old_partitions_dr
         env = _env(bridge_env, volatile_redis, BRIDGE_HISTORY_RETENTION="90m")
         spawn("notifier", env)
         gw = spawn("gateway", env)
-        keys = await _insert(migrated_dsn, topic, 0, 5)
-        ids = await _published(migrated_dsn, topic, 5)
+        keys = await insert_rows(migrated_dsn, topic, 0, 5)
+        ids = await wait_history(migrated_dsn, topic, 5)
 
         async def dropped() -> bool:
             return await partitions() == 0
 
-        await _until(dropped, 20, "the old partition to be dropped")
+        await until(dropped, 20, "the old partition to be dropped")
         cur = await conn.execute("SELECT complete_from_ms FROM bridge.history_horizon")
         assert (await cur.fetchone())[0] > old_ms  # type: ignore[index]
     assert ids[0] > f"{old_ms}-0"
@@ -392,7 +328,7 @@ async def test_a_row_larger_than_max_event_bytes_becomes_an_event_that_says_so(
     spawn, bridge_env, migrated_dsn, namespace, volatile_redis
 ) -> None:
     topic = "big"
-    await _watched(migrated_dsn, topic)
+    await watched_table(migrated_dsn, topic)
     env = _env(bridge_env, volatile_redis, BRIDGE_MAX_EVENT_BYTES="4096")
     notifier = spawn("notifier", env)
     gw = spawn("gateway", env)
@@ -400,9 +336,9 @@ async def test_a_row_larger_than_max_event_bytes_becomes_an_event_that_says_so(
     async with websockets.connect(url) as ws:
         await ws.send(json.dumps({"type": "subscribe", "topic": topic, "filter": {"n": 1}}))
         assert json.loads(await ws.recv())["type"] == "subscribed"
-        await _insert(migrated_dsn, topic, 100, 1, note="first")  # n=100: filtered out
-        await _insert(migrated_dsn, topic, 0, 1, note="x" * 10_000)
-        await _insert(migrated_dsn, topic, 1, 1, note="small")
+        await insert_rows(migrated_dsn, topic, 100, 1, note="first")  # n=100: filtered out
+        await insert_rows(migrated_dsn, topic, 0, 1, note="x" * 10_000)
+        await insert_rows(migrated_dsn, topic, 1, 1, note="small")
         big = json.loads(await asyncio.wait_for(ws.recv(), 15))
         small = json.loads(await asyncio.wait_for(ws.recv(), 15))
     # the big row reaches even a filtered subscriber (its filter cannot be evaluated)
@@ -414,7 +350,7 @@ async def test_a_row_larger_than_max_event_bytes_becomes_an_event_that_says_so(
     r = aredis.Redis.from_url(volatile_redis.url)
     await r.flushall()
     await r.aclose()
-    ids = await _history_ids(migrated_dsn, topic)
+    ids = await history_ids(migrated_dsn, topic)
     replay = await _sse_resume(gw, topic, ids[0], 2)
     assert replay == [big, small]
     assert [e["id"] for e in replay] == ids[1:]
@@ -434,16 +370,16 @@ async def test_history_database_unreachable_is_history_lost_saying_so(
     from tests.support.infra import free_port
 
     topic = "unreachable"
-    await _watched(migrated_dsn, topic)
+    await watched_table(migrated_dsn, topic)
     env = _env(bridge_env, volatile_redis)
     spawn("notifier", env)
     gw = spawn(
         "gateway",
         {**env, "BRIDGE_HISTORY_DSN": f"postgresql://postgres@127.0.0.1:{free_port()}/none"},
     )
-    await _insert(migrated_dsn, topic, 0, 3)
-    ids = await _published(migrated_dsn, topic, 3)
-    await _in_redis(volatile_redis, namespace, topic, ids[-1])
+    await insert_rows(migrated_dsn, topic, 0, 3)
+    ids = await wait_history(migrated_dsn, topic, 3)
+    await wait_in_redis(volatile_redis, namespace, topic, ids[-1])
     # inside Redis's window the history database is not needed
     assert _keys(await _sse_resume(gw, topic, ids[0], 2)) == ["k1", "k2"]
     r = aredis.Redis.from_url(volatile_redis.url)
@@ -458,6 +394,6 @@ async def test_history_database_unreachable_is_history_lost_saying_so(
         subscribed = json.loads(await asyncio.wait_for(ws.recv(), 15))
         assert subscribed == {"type": "subscribed", "topic": topic, "recovered": False}
         # and it carries on live
-        await _insert(migrated_dsn, topic, 3, 1)
+        await insert_rows(migrated_dsn, topic, 3, 1)
         live = json.loads(await asyncio.wait_for(ws.recv(), 15))
         assert live["type"] == "event" and live["key"] == "k3"
