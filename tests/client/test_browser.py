@@ -1,7 +1,8 @@
 """The browser client (`/client.js`, served by the real gateway) in headless Chromium:
 a page on its own origin consumes a steady stream while the gateway is killed (-9) and
 restarted; the same through a proxy without WebSocket (EventSource fallback); and
-history_lost reaches `onError` while the subscription carries on."""
+history_lost reaches `onError` while the subscription carries on; and a resume from before
+a Redis data loss, served from the PostgreSQL history."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import shutil
 import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -21,7 +23,8 @@ from playwright.async_api import Browser, Page, async_playwright
 from tests.client.conftest import JWT_SECRET
 from tests.client.proxies import no_websocket_proxy, static_page
 from tests.client.stream import ticker
-from tests.support.cluster import RedisNode
+from tests.support.cluster import RedisNode, redis_server
+from tests.support.history import insert_rows, wait_history, wait_in_redis, watched_table
 from tests.support.processes import ServiceProcess
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -210,3 +213,43 @@ async def test_browser_reads_a_cross_origin_401_and_stops(
     finally:
         await page.close()
         await server.__aexit__(None, None, None)
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+async def test_browser_resumes_from_the_history_after_redis_lost_its_data(
+    browser: Browser,
+    spawn: Any,
+    bridge_env: dict[str, str],
+    migrated_dsn: str,
+    tmp_path: Path,
+    transport: str,
+) -> None:
+    """Redis without persistence is killed and comes back empty: a page resuming with an
+    id from before gets every later event once, in order — from the PostgreSQL history,
+    then Redis, then live."""
+    topic = f"lost_{transport}"
+    with redis_server(tmp_path, appendonly=False) as rds:
+        env = {**bridge_env, "BRIDGE_REDIS_URL": rds.url, "BRIDGE_GATEWAY_REDIS_RETRY": "0.2"}
+        await watched_table(migrated_dsn, topic)
+        spawn("notifier", env)
+        gateway = spawn("gateway", env)
+        await insert_rows(migrated_dsn, topic, 1, 10)
+        ids = await wait_history(migrated_dsn, topic, 10)
+        await wait_in_redis(rds, env["BRIDGE_NAMESPACE"], topic, ids[-1])
+        await asyncio.to_thread(rds.restart, hard=True)
+        await insert_rows(migrated_dsn, topic, 11, 5)
+        ids = await wait_history(migrated_dsn, topic, 15)
+        await wait_in_redis(rds, env["BRIDGE_NAMESPACE"], topic, ids[-1])
+        options = {**FAST, "transport": transport}
+        page, server = await open_page(browser, page_html(gateway.url, topic, options, ids[0]))
+        try:
+            await wait_for(page, "window.seen.length >= 14 && window.lives.length")
+            assert await page.evaluate("window.lives") == [True]
+            await insert_rows(migrated_dsn, topic, 16, 1)
+            await wait_for(page, "window.seen.length >= 15")
+            await asyncio.sleep(0.3)
+            assert await page.evaluate("window.seen") == list(range(2, 17))
+            assert await page.evaluate("window.errors") == []
+        finally:
+            await page.close()
+            await server.__aexit__(None, None, None)

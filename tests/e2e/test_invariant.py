@@ -4,7 +4,9 @@ gateway, the ETL worker, Redis and PostgreSQL are killed with SIGKILL and starte
 At the end every committed row reached every client exactly once (after resume) and the
 time-series table exactly once, and no service other than the crashed one was restarted.
 
-The same invariant then holds on a 3-primary Redis Cluster with a primary crash."""
+The same invariant then holds on a 3-primary Redis Cluster with a primary crash, and with
+a Redis that loses its data (no persistence: kill -9 and restart empty, then FLUSHALL) —
+the PostgreSQL history fills what Redis forgot."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis.asyncio
 from bridge_common import migrate
 
 from tests.support.cluster import LocalRedisCluster, redis_server
@@ -167,6 +170,35 @@ async def test_nothing_lost_when_each_part_crashes(tmp_path: Path) -> None:
                 ("etl", lambda: suite.crash_restart("etl")),
                 ("redis", crash_redis),
                 ("postgres", crash_postgres),
+            ]
+            await run_under_faults(suite, dsn, faults)
+        finally:
+            suite.stop()
+
+
+async def test_nothing_lost_when_redis_loses_its_data(tmp_path: Path) -> None:
+    """Standalone Redis without persistence: a kill -9 brings it back empty, and a
+    FLUSHALL empties it while everything stays connected."""
+    with private_postgres() as pg, redis_server(tmp_path, appendonly=False) as rds:
+        dsn = pg.create_database("bridge")
+        await migrate_db(dsn)
+        suite = Suite(suite_env(dsn, unique_name("e2e"), redis_url=rds.url), tmp_path)
+        try:
+            await asyncio.to_thread(start_suite, suite)
+
+            async def restart_empty() -> None:
+                await asyncio.to_thread(rds.restart, hard=True, down_for=1.0)
+
+            async def flushall() -> None:
+                client = redis.asyncio.Redis.from_url(rds.url)
+                try:
+                    await client.flushall()
+                finally:
+                    await client.aclose()
+
+            faults: list[Fault] = [
+                ("redis-restart-empty", restart_empty),
+                ("redis-flushall", flushall),
             ]
             await run_under_faults(suite, dsn, faults)
         finally:

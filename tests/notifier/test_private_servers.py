@@ -54,9 +54,7 @@ async def test_postgres_restart_under_writers_and_ts_is_the_commit_time(
     assert (metric(proc, "bridge_notifier_db_reconnects_total") or 0) >= 1
     assert '"commit_ts": true' in proc.logs()
     [first] = [
-        ev
-        for _, _, ev in await stream_events(aredis_client, namespace, "restarted")
-        if ev.key == "-1"
+        ev for _, ev in await stream_events(aredis_client, namespace, "restarted") if ev.key == "-1"
     ]
     ts = datetime.fromisoformat(first.ts).timestamp()
     assert ts >= before_commit - 0.05, "ts is the commit time, not the time of the write"

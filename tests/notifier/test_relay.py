@@ -13,8 +13,7 @@ import orjson
 import psycopg
 import redis.asyncio as aredis
 from bridge_common.channels import Channels
-from bridge_common.events import assemble_event, decode_event, event_fragment_raw
-from bridge_common.redis import EventPublisher
+from bridge_common.events import assemble_event, decode_event
 
 from tests.notifier.probes import metric, wait_until
 from tests.notifier.workload import (
@@ -64,26 +63,36 @@ async def test_sigkill_mid_stream_and_restart_is_still_exactly_once(
     await assert_exactly_once_in_order(migrated_dsn, aredis_client, namespace, "killed")
 
 
-async def test_republished_rows_are_dropped_by_the_dedupe(
+async def test_history_rows_republished_after_a_crash_are_skipped_by_the_script(
     spawn, bridge_env, migrated_dsn, namespace, aredis_client
 ) -> None:
-    """A crash after publish but before delete leaves published rows in the outbox; the
-    next relay publishes them again and the script drops them."""
+    """A crash after the history commit, midway through the publish, leaves the topic's
+    published mark behind what Redis holds; the next leader publishes every history row
+    above the mark again and the script skips the ids Redis already has."""
     await create_watched_table(migrated_dsn, "replayed")
     await run_writers(migrated_dsn, "replayed", writers=2, transactions=50, seed=3)
-    async with await psycopg.AsyncConnection.connect(migrated_dsn) as conn:
-        cur = await conn.execute(
-            "SELECT seq, op, key, payload::text, created_at::text FROM bridge.outbox "
-            "WHERE topic = 'replayed' ORDER BY seq LIMIT 40"
-        )
-        rows = await cur.fetchall()
-    publisher = EventPublisher(aredis_client, Channels(namespace))
-    await publisher.publish(
-        "replayed", [(seq, event_fragment_raw(op, key, p, ts)) for seq, op, key, p, ts in rows]
-    )
     proc = spawn("notifier", bridge_env)
-    await assert_exactly_once_in_order(migrated_dsn, aredis_client, namespace, "replayed")
-    assert metric(proc, "bridge_notifier_duplicates_dropped_total") == len(rows)
+    total = await assert_exactly_once_in_order(migrated_dsn, aredis_client, namespace, "replayed")
+    proc.stop()
+    async with await psycopg.AsyncConnection.connect(migrated_dsn, autocommit=True) as conn:
+        # the mark as a crash right after the history commit of the last 40 would leave it
+        await conn.execute(
+            "UPDATE bridge.history_topics t SET pub_ms = h.ms, pub_n = h.n FROM ("
+            "SELECT ms, n FROM bridge.history WHERE topic = 'replayed' ORDER BY ms DESC, "
+            "n DESC OFFSET 40 LIMIT 1) h WHERE t.topic = 'replayed'"
+        )
+    proc = spawn("notifier", bridge_env)
+    await wait_until(
+        lambda: metric(proc, "bridge_notifier_history_republished_total") == 40,
+        10,
+        "the last 40 history rows published again",
+    )
+    assert metric(proc, "bridge_notifier_duplicates_dropped_total") == 40
+    assert metric(proc, "bridge_notifier_redis_data_lost_total") == 0
+    assert (
+        await assert_exactly_once_in_order(migrated_dsn, aredis_client, namespace, "replayed")
+        == total
+    )
 
 
 async def test_two_notifiers_one_leader_and_failover(

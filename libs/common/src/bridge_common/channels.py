@@ -56,7 +56,8 @@ class Channels:
         return self._topic_key(topic, "live")
 
     def dedupe(self, topic: str) -> str:
-        """Sorted set of recently published outbox sequence numbers (idempotent publish)."""
+        """Sorted set of recently published sequence numbers, for publishers that let Redis
+        assign ids (`EventPublisher`); the notifier's explicit ids need none."""
         return self._topic_key(topic, "dedupe")
 
     # -- suite-wide registries (hash tag = namespace) ----------------------------------

@@ -2,9 +2,11 @@
 
 The event wire form is fixed by the contract:
 ``{"type":"event","topic":T,"id":ID,"op":..,"key":..,"data":{..},"ts":..}``.
-The notifier does not know ``id`` until Redis assigns it, so an event travels as a
-*fragment* (everything after ``id``) that :func:`assemble_event` joins with the topic
-prefix and the stream id — the same bytes for live fan-out and for replay, encoded once.
+A row larger than `BRIDGE_MAX_EVENT_BYTES` travels without its data:
+``{…,"op":..,"key":..,"too_large":true,"size":N,"ts":..}``.
+An event travels as a *fragment* (everything after ``id``) that :func:`assemble_event`
+joins with the topic prefix and the id — the same bytes for live fan-out, for replay from
+Redis and for replay from the PostgreSQL history, encoded once.
 """
 
 from __future__ import annotations
@@ -34,15 +36,18 @@ def loads(data: bytes | str) -> Any:
 # -- events -------------------------------------------------------------------------------
 
 
-class Event(msgspec.Struct, tag_field="type", tag="event", kw_only=True):
-    """One committed row change on a topic."""
+class Event(msgspec.Struct, tag_field="type", tag="event", kw_only=True, omit_defaults=True):
+    """One committed row change on a topic (`data` is None when the row was too large)."""
 
     topic: str
     id: str
     op: Op
     key: str
-    data: dict[str, Any]
+    data: dict[str, Any] | None = None
     ts: str
+    #: the row was larger than the notifier's BRIDGE_MAX_EVENT_BYTES: `size` bytes, no data
+    too_large: bool = False
+    size: int | None = None
 
 
 _event_decoder = msgspec.json.Decoder(Event)
@@ -74,6 +79,21 @@ def event_fragment_raw(op: str, key: str, data_json: bytes | str, ts: str) -> by
         + _encoder.encode(key)
         + b',"data":'
         + data_json
+        + b',"ts":'
+        + _encoder.encode(ts)
+        + b"}"
+    )
+
+
+def event_fragment_too_large(op: str, key: str, size: int, ts: str) -> bytes:
+    """The bytes after the event id for a row larger than the limit: key and size, no data."""
+    return (
+        b'","op":'
+        + _encoder.encode(op)
+        + b',"key":'
+        + _encoder.encode(key)
+        + b',"too_large":true,"size":'
+        + str(int(size)).encode()
         + b',"ts":'
         + _encoder.encode(ts)
         + b"}"

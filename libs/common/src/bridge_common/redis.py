@@ -1,9 +1,18 @@
 """The Redis bus: clients for standalone and Cluster, the atomic event publish, leases.
 
-`publish_events` is the only way events enter Redis. One Lua call per topic batch appends
-each event to the topic's stream (bounded, MAXLEN ~), fans it out on the live channel
-(SPUBLISH on a cluster) and records the outbox sequence in a dedupe set — atomically, so a
-reader never sees one without the other and a re-published outbox row is dropped.
+Events enter Redis through one Lua call per topic batch that appends each event to the
+topic's stream (bounded, MAXLEN ~) and fans it out on the live channel (SPUBLISH on a
+cluster) atomically, so a reader never sees one without the other.
+
+- :class:`RelayPublisher` (the notifier): ids are assigned upstream and kept in the
+  PostgreSQL history; the script appends with those explicit ids, drops an id Redis already
+  holds (a re-publish) and detects a Redis data loss — the stream is missing or ends below
+  the id the relay last published — which it marks on the stream with
+  ``XSETID … MAXDELETEDID <last published id>``: every reader's "trimmed past my position"
+  check (``max-deleted-entry-id`` of ``XINFO STREAM``) then sees that what came at or
+  before that id is gone from Redis, and fetches it from the history instead.
+- :class:`EventPublisher` (publishers without a history, e.g. the alerter): Redis assigns
+  the ids; a per-topic dedupe set makes a re-published sequence number a no-op.
 """
 
 from __future__ import annotations
@@ -14,11 +23,14 @@ from typing import Any, TypeAlias
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+# the asyncio clients need the asyncio Retry: given the sync one, their call_with_retry
+# returns the coroutine un-awaited and a dead pooled connection fails the command at once
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from .channels import Channels
 from .events import event_prefix
@@ -167,6 +179,137 @@ if added then
 end
 return out
 """
+
+
+# KEYS: stream, live channel
+# ARGV: prefix, maxlen, use_spublish ("1"/"0"), prev (the id the relay last published on
+# this topic, "0-0" for none), the ids (space-separated, increasing), the byte length of
+# each fragment (space-separated), and the fragments concatenated — three arguments for a
+# whole batch instead of two per event (packing thousands of arguments is what costs).
+# Returns {lost (1/0), appended}: an id not above the stream's last id is a re-publish and
+# skipped; `lost` means the stream was missing or ended below `prev` (Redis lost data).
+_RELAY_LUA = """
+local function parse(id)
+  local ms, n = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(n)
+end
+local function below(ams, an, bms, bn)
+  return ams < bms or (ams == bms and an < bn)
+end
+local key = KEYS[1]
+local pub = ARGV[3] == '1' and 'SPUBLISH' or 'PUBLISH'
+local top_ms, top_n = -1, -1
+local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+if last[1] then
+  top_ms, top_n = parse(last[1][1])
+elseif redis.call('EXISTS', key) == 1 then
+  -- an emptied stream still knows its last id (the first fields hold no nil: scan them)
+  local info = redis.call('XINFO', 'STREAM', key)
+  for i = 1, 14, 2 do
+    if info[i] == 'last-generated-id' then top_ms, top_n = parse(info[i + 1]) end
+  end
+end
+local prev = ARGV[4]
+local prev_ms, prev_n = parse(prev)
+local lost = (prev_ms > 0 or prev_n > 0) and below(top_ms, top_n, prev_ms, prev_n)
+local added = 0
+local top_id = nil
+local blob = ARGV[7]
+local pos = 1
+local sizes = string.gmatch(ARGV[6], '%d+')
+for id in string.gmatch(ARGV[5], '%S+') do
+  local size = tonumber(sizes())
+  local ms, n = parse(id)
+  if below(top_ms, top_n, ms, n) then
+    local frag = string.sub(blob, pos, pos + size - 1)
+    redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], id, 'f', frag)
+    redis.call(pub, KEYS[2], ARGV[1] .. id .. frag)
+    top_ms, top_n, top_id = ms, n, id
+    added = added + 1
+  end
+  pos = pos + size
+end
+if lost and top_id then
+  local info = redis.call('XINFO', 'STREAM', key)
+  local maxdel = '0-0'
+  for i = 1, 14, 2 do
+    if info[i] == 'max-deleted-entry-id' then maxdel = info[i + 1] end
+  end
+  local dms, dn = parse(maxdel)
+  if below(dms, dn, prev_ms, prev_n) then
+    redis.call('XSETID', key, top_id, 'MAXDELETEDID', prev)
+  end
+end
+return {lost and 1 or 0, added}
+"""
+
+
+class RelayPublisher:
+    """Append events whose ids were assigned upstream (see module docstring)."""
+
+    def __init__(
+        self, client: AnyRedis, channels: Channels, *, maxlen: int = DEFAULT_STREAM_MAXLEN
+    ) -> None:
+        self.client = client
+        self.channels = channels
+        self.maxlen = maxlen
+        self._sha: str | None = None
+        self._spublish = is_cluster(client)
+        self._known_topics: set[str] = set()
+
+    async def _load(self) -> str:
+        sha: str = await self.client.script_load(_RELAY_LUA)
+        if isinstance(sha, bytes):
+            sha = sha.decode()
+        self._sha = sha
+        return sha
+
+    def forget_topics(self) -> None:
+        """Register every topic again on its next publish (Redis may have lost the set)."""
+        self._known_topics.clear()
+
+    async def publish(
+        self, topic: str, prev: str, items: Sequence[tuple[str, bytes]]
+    ) -> tuple[bool, int]:
+        """Append `(id, fragment)` pairs (ids increasing, all above `prev`) to `topic`.
+
+        `prev` is the last id this publisher put on the topic before. Returns (Redis lost
+        data on this topic, events appended); ids Redis already holds are skipped.
+        """
+        if not items:
+            return False, 0
+        if topic not in self._known_topics:
+            await self.client.sadd(self.channels.topics, topic)
+            self._known_topics.add(topic)
+        keys = [self.channels.stream(topic), self.channels.live(topic)]
+        argv: list[Any] = [
+            event_prefix(topic),
+            self.maxlen,
+            "1" if self._spublish else "0",
+            prev,
+            " ".join([i for i, _ in items]),
+            " ".join([str(len(f)) for _, f in items]),
+            b"".join([f for _, f in items]),
+        ]
+        sha = self._sha or await self._load()
+        try:
+            result = await self.client.evalsha(sha, len(keys), *keys, *argv)
+        except NoScriptError:
+            sha = await self._load()
+            result = await self.client.evalsha(sha, len(keys), *keys, *argv)
+        lost = bool(int(result[0]))
+        if lost:
+            # whatever wiped the stream wiped the topic registry too (other slot on a cluster)
+            await self.client.sadd(self.channels.topics, topic)
+        return lost, int(result[1])
+
+    async def last_id(self, topic: str) -> str | None:
+        """The id of the newest entry Redis holds on `topic` (None: none)."""
+        entries = await self.client.xrevrange(self.channels.stream(topic), "+", "-", count=1)
+        if not entries:
+            return None
+        raw: Any = entries[0][0]
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 class EventPublisher:

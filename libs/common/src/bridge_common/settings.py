@@ -29,6 +29,27 @@ from pydantic_settings import (
 
 DEFAULT_SOURCE_DSN = "postgresql://localhost/bridge"
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_DURATION_RE = re.compile(r"^\s*(\d{1,9})\s*([smhd])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+#: bounds of BRIDGE_HISTORY_RETENTION: an hour (the partition width) to 30 days
+MIN_HISTORY_RETENTION = 3600.0
+MAX_HISTORY_RETENTION = 30 * 86400.0
+
+
+def parse_duration(value: object) -> float:
+    """`"90m"`, `"24h"`, `"7d"`, `"30s"` (or a number of seconds) → seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(int(m.group(1)) * _UNIT_SECONDS[m.group(2)])
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ValueError("a duration such as 90m, 24h or 7d")
 
 
 def port_variable(service_name: str) -> str:
@@ -102,6 +123,16 @@ class BridgeSettings(BaseSettings):
         validation_alias=AliasChoices("BRIDGE_SOURCE_DSN", "POSTGRES_DSN", "DATABASE_URL"),
     )
     target_dsn: str | None = Field(default=None, validation_alias="BRIDGE_TARGET_DSN")
+    #: where the gateways read the event history: the source database (default) or a
+    #: streaming replica of it; the notifier always writes it in the source database
+    history_dsn: str | None = Field(default=None, validation_alias="BRIDGE_HISTORY_DSN")
+    #: how long published events stay in the history (seconds; `90m`, `24h`, `7d`)
+    history_retention: float = Field(
+        default=86400.0,
+        ge=MIN_HISTORY_RETENTION,
+        le=MAX_HISTORY_RETENTION,
+        validation_alias="BRIDGE_HISTORY_RETENTION",
+    )
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias="BRIDGE_REDIS_URL")
     redis_cluster_nodes: str | None = Field(
         default=None, validation_alias="BRIDGE_REDIS_CLUSTER_NODES"
@@ -172,7 +203,17 @@ class BridgeSettings(BaseSettings):
             file_secret_settings,
         )
 
-    @field_validator("source_dsn", "target_dsn")
+    @field_validator("history_retention", mode="before")
+    @classmethod
+    def _parse_retention(cls, v: Any) -> float:
+        return parse_duration(v)
+
+    @field_validator("history_dsn", mode="before")
+    @classmethod
+    def _blank_history_dsn(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("source_dsn", "target_dsn", "history_dsn")
     @classmethod
     def _check_dsn(cls, v: str | None) -> str | None:
         if v is None:
@@ -237,6 +278,11 @@ class BridgeSettings(BaseSettings):
     def effective_target_dsn(self) -> str:
         """The time-series database; the source database when none is configured."""
         return self.target_dsn or self.source_dsn
+
+    @property
+    def effective_history_dsn(self) -> str:
+        """Where the history is read; the source database when none is configured."""
+        return self.history_dsn or self.source_dsn
 
     @property
     def cluster_nodes(self) -> list[tuple[str, int]]:

@@ -70,6 +70,20 @@ def parse_entries(entries: list[Entry]) -> tuple[list[TargetRow], list[Reject], 
             # audit logs are append-only; an update or delete of one is not a new entry
             skipped += 1
             continue
+        if event.data is None:
+            # larger than the notifier's BRIDGE_MAX_EVENT_BYTES: the event has no row
+            sid = int(event.key) if event.key.isdigit() and len(event.key) < 19 else None
+            rejects.append(
+                Reject(
+                    f"row of {event.size} bytes published without its data "
+                    "(BRIDGE_MAX_EVENT_BYTES)",
+                    ORIGIN,
+                    source_id=sid,
+                    entry_id=entry_id,
+                    payload=frag,
+                )
+            )
+            continue
         try:
             rows.append(from_row(event.data))
         except BadRow as exc:

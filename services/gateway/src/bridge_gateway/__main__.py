@@ -8,6 +8,7 @@ from bridge_common.service import Service, redis_client, run_main
 from bridge_common.settings import fail_config, load_settings
 
 from .app import build_app
+from .archive import open_archive
 from .gateway import Gateway
 from .settings import Settings
 from .ws_protocol import GatewayWebSocketProtocol
@@ -33,8 +34,13 @@ def main(argv: list[str] | None = None) -> None:
             redis_client(settings) as redis,
             # the live connection reconnects itself (to fill gaps), so no hidden retries
             redis_client(settings, socket_timeout=None, retries=0) as live,
+            open_archive(
+                settings.effective_history_dsn,
+                max_size=settings.history_pool,
+                batch=settings.replay_batch,
+            ) as archive,
         ):
-            gateway = Gateway(settings, redis, live)
+            gateway = Gateway(settings, redis, live, archive)
             app = build_app(gateway)
             svc = Service(
                 settings,

@@ -1,11 +1,13 @@
 """The running gateway: auth, topics, hub, history and every connected client, in one place.
 
-Delivery guarantee (what clients can rely on): every event appended to a topic's stream
-after a subscription is acknowledged with `subscribed` reaches that client exactly once
-and in id order while it stays connected — across Redis reconnects of the gateway. A
-client that disconnects (or is cut off as a slow reader, or the gateway restarts) resumes
-from its last id with `since` / `Last-Event-ID` and gets the rest exactly once, unless the
-stream was trimmed past that id, which it is told (`history_lost`).
+Delivery guarantee (what clients can rely on): every event published on a topic after a
+subscription is acknowledged with `subscribed` reaches that client exactly once and in id
+order while it stays connected — across Redis reconnects of the gateway and Redis data
+losses (the gap is filled from the PostgreSQL history). A client that disconnects (or is
+cut off as a slow reader, or the gateway restarts) resumes from its last id with `since` /
+`Last-Event-ID` and gets the rest exactly once, from Redis or the history, unless its id
+is older than the history's retention or the history database cannot be reached, which it
+is told (`history_lost`, the message says which).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from bridge_common.logging import get_logger
 from bridge_common.redis import AnyRedis
 
 from . import metrics
+from .archive import Archive
 from .auth import Authenticator, Principal
 from .clients import GOING_AWAY, POLICY_VIOLATION, Client, Limits, Transport
 from .cors import cors_headers, origin_listed
@@ -35,10 +38,19 @@ def _expire(client: Client) -> None:
 
 
 class TopicRegistry:
-    """Which topics exist: the notifier's `topics` set (positive answers are cached)."""
+    """Which topics exist: the notifier's `topics` set, else a stream of that name, else the
+    history's topics — a Redis that lost its data still knows none of them (positive answers
+    are cached)."""
 
-    def __init__(self, redis: AnyRedis, channels: Channels, limit: asyncio.Semaphore) -> None:
+    def __init__(
+        self,
+        redis: AnyRedis,
+        channels: Channels,
+        limit: asyncio.Semaphore,
+        archive: Archive | None = None,
+    ) -> None:
         self.redis = redis
+        self.archive = archive
         self.channels = channels
         self.limit = limit
         self._known: set[str] = set()
@@ -61,6 +73,11 @@ class TopicRegistry:
         try:
             async with self.limit:
                 found = bool(await self.redis.sismember(self.channels.topics, topic))
+                if not found:
+                    # a Redis that lost the registry still has the streams published since
+                    found = bool(await self.redis.exists(self.channels.stream(topic)))
+            if not found and self.archive is not None:
+                found = await self.archive.has_topic(topic)
         except BaseException:
             future.cancel()  # waiters ask again themselves
             raise
@@ -73,7 +90,13 @@ class TopicRegistry:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, redis: AnyRedis, pubsub_redis: AnyRedis) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: AnyRedis,
+        pubsub_redis: AnyRedis,
+        archive: Archive | None = None,
+    ) -> None:
         self.settings = settings
         self.channels = Channels(settings.namespace)
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
@@ -89,8 +112,10 @@ class Gateway:
             max_lifetime=settings.jwt_max_lifetime,
         )
         limit = asyncio.Semaphore(REDIS_CONCURRENCY)
-        self.topics = TopicRegistry(redis, self.channels, limit)
-        self.history = History(redis, self.channels, settings.replay_batch, limit=limit)
+        self.topics = TopicRegistry(redis, self.channels, limit, archive)
+        self.history = History(
+            redis, self.channels, settings.replay_batch, limit=limit, archive=archive
+        )
         self.hub = Hub(pubsub_redis, self.channels, self.history, retry_base=settings.redis_retry)
         self.limits = Limits(
             max_messages=settings.send_buffer_messages,

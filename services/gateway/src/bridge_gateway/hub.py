@@ -7,9 +7,10 @@ the row at most once when some subscriber has a filter, and appends the same enc
 frame to every matching client's buffer (encode once, send many).
 
 No gap when Redis drops: the hub reconnects with backoff and re-subscribes; while a feed
-is re-synchronising, live messages are buffered, the stream is read from the last
-delivered id (`XRANGE`), and then the buffer is flushed skipping ids already delivered —
-connected clients see every event once, in order.
+is re-synchronising, live messages are buffered, the history is read from the last
+delivered id (the stream, else the PostgreSQL history when Redis lost data — see
+`history.py`), and then the buffer is flushed skipping ids already delivered — connected
+clients see every event once, in order.
 """
 
 from __future__ import annotations
@@ -41,28 +42,31 @@ SYNC_BUFFER = 10_000
 
 
 class _RowOnly(msgspec.Struct):
+    op: str = ""
     data: dict[str, Any] = {}
+    too_large: bool = False
 
 
 _row_decoder = msgspec.json.Decoder(_RowOnly)
 
 
-_TRUNCATE = b'","op":"truncate"'
-
-
-def table_wide(raw: bytes) -> bool:
-    """A `truncate` event concerns every row: it passes every filter.
-
-    `op` follows the topic and id (no quotes in either), so it lies in the first bytes.
-    """
-    return raw.find(_TRUNCATE, 0, 256) >= 0
-
-
-def decode_row(raw: bytes) -> dict[str, Any]:
+def _decode(raw: bytes) -> _RowOnly:
     try:
-        return _row_decoder.decode(raw).data
+        return _row_decoder.decode(raw)
     except msgspec.MsgspecError:
-        return {}
+        return _RowOnly()
+
+
+def _admits(row_filter: RowFilter, decoded: _RowOnly) -> bool:
+    # a `truncate` concerns every row, and an event without its row (larger than the
+    # notifier's BRIDGE_MAX_EVENT_BYTES) cannot be filtered: every subscriber of the
+    # topic is told, never left with a silent gap
+    return decoded.op == "truncate" or decoded.too_large or row_filter.matches(decoded.data)
+
+
+def passes(row_filter: RowFilter, raw: bytes) -> bool:
+    """Whether an event goes to a filtered subscriber."""
+    return _admits(row_filter, _decode(raw))
 
 
 class Subscription:
@@ -393,15 +397,14 @@ class Hub:
         feed.last_id = event_id
         feed.events_in.inc()
         d = Delivery(feed.topic, raw, id_bytes)
-        row: dict[str, Any] | None = None
+        decoded: _RowOnly | None = None
         n = 0
-        everyone = table_wide(raw)
         for group in feed.groups.values():
             flt = group.filter
-            if flt is not None and not everyone:
-                if row is None:
-                    row = decode_row(raw)
-                if not flt.matches(row):
+            if flt is not None:
+                if decoded is None:
+                    decoded = _decode(raw)
+                if not _admits(flt, decoded):
                     continue
             for sub in group.subs:
                 sub.deliver(d)

@@ -12,7 +12,13 @@ EVENTS_IN = Counter(
 EVENTS_OUT = Counter(
     "bridge_gateway_events_out_total", "Event deliveries queued to client connections"
 )
-REPLAYED = Counter("bridge_gateway_events_replayed_total", "Events replayed from streams")
+REPLAYED = Counter(
+    "bridge_gateway_events_replayed_total", "Events replayed to resuming clients (either tier)"
+)
+FROM_HISTORY_DB = Counter(
+    "bridge_gateway_history_db_events_total",
+    "Events read from the PostgreSQL history (resume or gap fill beyond Redis's window)",
+)
 SLOW_DROPPED = Counter(
     "bridge_gateway_slow_clients_dropped_total", "Clients cut off because they fell behind"
 )

@@ -2,8 +2,9 @@
 unsubscribe, ping — validated, authorised and bounded.
 
 Resume without gap or duplicate: the subscription joins the live feed first (holding
-events back), then the stream is read after `since`, then held-back events newer than the
-last replayed id are released and the subscription goes live. `subscribed` is sent at
+events back), then the history is read after `since` (Redis's window, else the PostgreSQL
+history, see `history.py`), then held-back events newer than the last replayed id are
+released and the subscription goes live. `subscribed` is sent at
 that switch: events before it are replay, events after it are live.
 """
 
@@ -29,7 +30,7 @@ from .errors import (
 )
 from .event_ids import EventId, parse_id
 from .filters import compile_filter
-from .hub import Subscription, decode_row, table_wide
+from .hub import Subscription, passes
 from .protocol import PONG, encode_subscribed
 
 if TYPE_CHECKING:
@@ -156,11 +157,7 @@ class Session:
             try:
                 async for batch in self.gw.history.read_after(topic, since):
                     for event_id, id_bytes, raw in batch:
-                        if (
-                            sub.filter is None
-                            or table_wide(raw)
-                            or sub.filter.matches(decode_row(raw))
-                        ):
+                        if sub.filter is None or passes(sub.filter, raw):
                             await client.wait_room()
                             if client.closing:
                                 return

@@ -87,6 +87,10 @@ class Settings(BridgeSettings):
     replay_batch: int = Field(
         default=500, ge=1, le=10_000, validation_alias="BRIDGE_GATEWAY_REPLAY_BATCH"
     )
+    #: connections to the history database (BRIDGE_HISTORY_DSN) shared by every replay
+    history_pool: int = Field(
+        default=4, ge=1, le=64, validation_alias="BRIDGE_GATEWAY_HISTORY_POOL"
+    )
     #: first delay before reconnecting to Redis (doubles up to 5 s)
     redis_retry: float = Field(
         default=0.1, gt=0, le=60, validation_alias="BRIDGE_GATEWAY_REDIS_RETRY"

@@ -24,7 +24,27 @@ class RelayMetrics:
         )
         self.duplicates = Counter(
             "bridge_notifier_duplicates_dropped",
-            "Outbox rows already in Redis (re-published after a crash), dropped by the script",
+            "Events already in Redis (re-published after a crash), skipped by the script",
+            registry=registry,
+        )
+        self.republished = Counter(
+            "bridge_notifier_history_republished",
+            "History events published again because Redis may not have been given them",
+            registry=registry,
+        )
+        self.redis_data_lost = Counter(
+            "bridge_notifier_redis_data_lost",
+            "Publishes that found a topic's stream missing or behind (Redis lost data)",
+            registry=registry,
+        )
+        self.too_large = Counter(
+            "bridge_notifier_events_too_large",
+            "Rows larger than BRIDGE_MAX_EVENT_BYTES, published without their data",
+            registry=registry,
+        )
+        self.partitions_dropped = Counter(
+            "bridge_notifier_history_partitions_dropped",
+            "History partitions dropped past BRIDGE_HISTORY_RETENTION",
             registry=registry,
         )
         self.rejected = Counter(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from bridge_common.redis import DEFAULT_DEDUPE_KEEP, DEFAULT_STREAM_MAXLEN
+from bridge_common.redis import DEFAULT_STREAM_MAXLEN
 from bridge_common.settings import BridgeSettings
-from pydantic import Field, model_validator
+from pydantic import Field
 
 
 class Settings(BridgeSettings):
-    """`BRIDGE_NOTIFIER_*` tune the relay; `BRIDGE_STREAM_MAXLEN` bounds every topic stream."""
+    """`BRIDGE_NOTIFIER_*` tune the relay; `BRIDGE_STREAM_MAXLEN` bounds every topic stream;
+    `BRIDGE_HISTORY_RETENTION` (shared) is how long the leader keeps history partitions."""
 
     service_name = "notifier"
     default_port = 9101
@@ -49,20 +50,11 @@ class Settings(BridgeSettings):
     stream_maxlen: int = Field(
         default=DEFAULT_STREAM_MAXLEN, ge=1, validation_alias="BRIDGE_STREAM_MAXLEN"
     )
-    #: outbox sequences remembered per topic to drop a re-published row
-    dedupe_keep: int = Field(
-        default=DEFAULT_DEDUPE_KEEP,
-        ge=1_000,
-        le=10_000_000,
-        validation_alias="BRIDGE_NOTIFIER_DEDUPE_KEEP",
+    #: a row whose JSON is larger than this (bytes) is published as an event that says so
+    #: (key and size, no data) instead of whole; the history keeps the same
+    max_event_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        validation_alias="BRIDGE_MAX_EVENT_BYTES",
     )
-
-    @model_validator(mode="after")
-    def _dedupe_covers_a_batch(self) -> Settings:
-        # A crash between publish and delete re-publishes at most one batch; the dedupe
-        # window must remember at least that many sequences or the replay would duplicate.
-        if self.dedupe_keep < 2 * self.batch_size:
-            raise ValueError(
-                "BRIDGE_NOTIFIER_DEDUPE_KEEP must be at least twice BRIDGE_NOTIFIER_BATCH_SIZE"
-            )
-        return self
