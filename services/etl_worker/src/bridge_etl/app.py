@@ -20,6 +20,7 @@ from .deadletter import DeadLetters
 from .errors import TargetNotMigrated
 from .partitions import Partitions
 from .polling import Poller
+from .repair import Repair
 from .settings import Settings
 from .sink import Sink, Stopping
 from .stats import EtlStats
@@ -70,6 +71,7 @@ class EtlWorker:
             redis, svc.channels.etl_dead_letter, svc.instance, settings.dead_letter_maxlen
         )
         self.path: Path = "plain"
+        self._sink: Sink
 
     async def detect(self, stop: asyncio.Event) -> Path:
         """The target's path, retrying while the target database is unreachable."""
@@ -129,7 +131,9 @@ class EtlWorker:
         self.stats.path = self.path
         self.log.info("etl.path", path=self.path, batch_size=self.settings.batch_size)
         await self.maintain()
-        sink = Sink(self.target, self.path, self.dead_letters, self.stats, self.partitions)
+        sink = self._sink = Sink(
+            self.target, self.path, self.dead_letters, self.stats, self.partitions
+        )
         try:
             await self._run_mode(sink, stop)
         except Stopping:
@@ -161,17 +165,14 @@ class EtlWorker:
             return
         async with asyncio.TaskGroup() as tg:
             if s.mode in ("polling", "hybrid"):
-                poller = Poller(
-                    self.source,
-                    s.effective_target_dsn,
-                    sink,
-                    self.stats,
-                    batch_size=s.batch_size,
-                    poll_interval=s.poll_interval,
-                    settle_grace=s.settle_grace,
-                )
+                poller = self._poller("polling")
                 tg.create_task(poller.run(stop, once=job.once), name="polling")
             if s.mode in ("event", "hybrid"):
+                if s.mode == "event":
+                    repair = Repair(self._poller("repair"), self.stats, interval=s.repair_interval)
+                    on_loss = repair.request
+                else:
+                    on_loss = self._loss_covered_by_polling
                 consumer = StreamConsumer(
                     self.redis,
                     self.svc.channels,
@@ -182,8 +183,16 @@ class EtlWorker:
                     claim_idle=s.claim_idle,
                     claim_interval=s.claim_interval,
                     max_deliveries=s.max_deliveries,
+                    on_loss=on_loss,
                 )
-                tg.create_task(consumer.run(stop, once=job.once), name="stream")
+                if s.mode == "hybrid":
+                    tg.create_task(consumer.run(stop, once=job.once), name="stream")
+                elif job.once:
+                    # drain the stream, then repair what it reported lost
+                    tg.create_task(self._drain_then_repair(consumer, repair, stop), name="stream")
+                else:
+                    tg.create_task(consumer.run(stop), name="stream")
+                    tg.create_task(repair.run(stop), name="repair")
             if not job.once:
                 tg.create_task(
                     self._every(stop, s.maintenance_interval, "maintenance", self.maintain)
@@ -192,6 +201,31 @@ class EtlWorker:
                     tg.create_task(
                         self._every(stop, REFRESH_INTERVAL, "refresh", sink.flush_refresh)
                     )
+
+    def _poller(self, origin: str) -> Poller:
+        s = self.settings
+        return Poller(
+            self.source,
+            s.effective_target_dsn,
+            self._sink,
+            self.stats,
+            batch_size=s.batch_size,
+            poll_interval=s.poll_interval,
+            settle_grace=s.settle_grace,
+            origin=origin,
+        )
+
+    def _loss_covered_by_polling(self, reason: str) -> None:
+        """Hybrid: the poller in this process already re-reads everything the stream lost."""
+        self.stats.stream_loss(reason)
+        self.log.info("stream.loss_covered", reason=reason, by="polling")
+
+    @staticmethod
+    async def _drain_then_repair(
+        consumer: StreamConsumer, repair: Repair, stop: asyncio.Event
+    ) -> None:
+        await consumer.run(stop, once=True)
+        await repair.run(stop, once=True)
 
 
 async def run(settings: Settings, job: Job) -> int:

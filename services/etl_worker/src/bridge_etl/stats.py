@@ -25,6 +25,10 @@ class EtlStats:
         self.dead_letters_total = 0
         self.expired_total = 0
         self.watermark: int | None = None
+        self.rows_by_origin: dict[str, int] = {}
+        self.stream_losses_total = 0
+        self.repairs_total = 0
+        self.last_loss: str | None = None
         self._in_flight: dict[str, float] = {}
         self._last_lag: dict[str, float] = {}
         self._rate = 0.0
@@ -68,6 +72,20 @@ class EtlStats:
             registry=registry,
         )
 
+        self.m_losses = Counter(
+            "bridge_etl_stream_losses",
+            "Times the audit_logs stream was found to have lost entries the group had not"
+            " loaded (trimmed, group or stream lost, Redis went back)",
+            ["reason"],
+            registry=registry,
+        )
+        self.m_repairs = Counter(
+            "bridge_etl_repairs",
+            "Completed repairs from the source table (event mode)",
+            ["reason"],
+            registry=registry,
+        )
+
     # -- lag --------------------------------------------------------------------------
     def holding(self, origin: str, oldest: datetime | None) -> None:
         """Rows read from `origin`, not yet committed; `oldest` is their oldest created_at."""
@@ -95,6 +113,7 @@ class EtlStats:
     # -- counts -----------------------------------------------------------------------
     def loaded(self, origin: str, inserted: int, duplicates: int, seconds: float) -> None:
         self.rows_total += inserted
+        self.rows_by_origin[origin] = self.rows_by_origin.get(origin, 0) + inserted
         self.duplicates_total += duplicates
         self.m_rows.labels(origin).inc(inserted)
         self.m_duplicates.labels(origin).inc(duplicates)
@@ -107,6 +126,15 @@ class EtlStats:
     def expired(self, n: int) -> None:
         self.expired_total += n
         self.m_expired.inc(n)
+
+    def stream_loss(self, reason: str) -> None:
+        self.stream_losses_total += 1
+        self.last_loss = reason
+        self.m_losses.labels(reason).inc()
+
+    def repaired(self, reason: str) -> None:
+        self.repairs_total += 1
+        self.m_repairs.labels(reason).inc()
 
     def set_watermark(self, value: int) -> None:
         self.watermark = value
@@ -133,4 +161,7 @@ class EtlStats:
             "dead_letters_total": self.dead_letters_total,
             "expired_total": self.expired_total,
             "watermark": self.watermark,
+            "stream_losses_total": self.stream_losses_total,
+            "last_stream_loss": self.last_loss,
+            "repairs_total": self.repairs_total,
         }
