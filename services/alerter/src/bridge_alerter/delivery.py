@@ -6,7 +6,13 @@ together with the state change that caused it (`store.AlertStore.commit`) and re
 after its channel answered 2xx. A crash (even `kill -9`) mid-delivery leaves it in the
 outbox; the next leader replays it. The price is a possible duplicate when the process dies
 after the receiver got the message but before the acknowledgement was recorded; receivers
-can drop those by the `X-Bridge-Delivery` header (the notification id).
+can drop those by the `X-Bridge-Delivery` header: the notification id, a UUIDv7 that is
+globally unique (not a Redis counter: it never restarts after a Redis data loss and never
+collides across deployments). Not by `started_at`: a repeat, and the notice after a
+silence ends, carry the incident's original `started_at`.
+
+What the outbox holds lives in Redis: after a Redis data loss, notifications not yet
+delivered are gone (the alert state is rebuilt, see evaluator.py).
 
 Each channel has its own task, so a channel that keeps failing only delays itself. Failed
 attempts are retried with exponential backoff and full jitter (`Retry-After` on 429/5xx
@@ -36,7 +42,7 @@ from .leader import Leadership
 from .rules import ChannelConfig, RuleSet
 from .settings import Settings
 from .state import iso
-from .store import EVENTS_CHANNEL, AlertStore, Delivery
+from .store import EVENTS_CHANNEL, AlertStore, Delivery, dedupe_seq
 
 log = get_logger("alerter.delivery")
 
@@ -255,7 +261,7 @@ class Dispatcher:
             op, d.notice.fingerprint, msgspec.to_builtins(d.notice), _iso(d.created_at)
         )
         try:
-            await self.publisher.publish(ALERTS_TOPIC, [(d.id, frag)])
+            await self.publisher.publish(ALERTS_TOPIC, [(dedupe_seq(d.id), frag)])
         except Exception as exc:  # noqa: BLE001 - Redis trouble is retried like HTTP trouble
             raise DeliveryError(f"publish failed: {exc}", retry=True) from None
 

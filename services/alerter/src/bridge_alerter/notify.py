@@ -89,7 +89,7 @@ async def send(
     notice: AlertNotice,
     *,
     kind: str,
-    delivery_id: int,
+    delivery_id: str | int,
     call_timeout: float,
 ) -> None:
     """One attempt; raises :class:`DeliveryError` saying whether a retry may help."""
