@@ -18,8 +18,8 @@ import pytest
 import redis
 from bridge_common.channels import Channels
 from bridge_common.events import event_fragment_raw
-from bridge_common.redis import EventPublisher
-from redis.asyncio import Redis
+from bridge_common.redis import EventPublisher, create_redis
+from bridge_common.settings import BridgeSettings
 
 from tests.etl_worker.audit import (
     insert_rows,
@@ -29,7 +29,7 @@ from tests.etl_worker.audit import (
     wait_converged,
     wait_for,
 )
-from tests.support.cluster import RedisNode, redis_server
+from tests.support.cluster import RedisNode, redis_cluster, redis_server
 
 
 @pytest.fixture
@@ -50,7 +50,9 @@ def event_env(etl_env: dict[str, str], private_redis: RedisNode) -> dict[str, st
     }
 
 
-def publish(url: str, namespace: str, dsn: str, where: str = "", *, maxlen: int = 100_000) -> int:
+def publish(
+    url: str, namespace: str, dsn: str, where: str = "", *, maxlen: int = 100_000, nodes: str = ""
+) -> int:
     """Publish source rows as insert events the way the notifier does, bounded by `maxlen`."""
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
@@ -61,7 +63,8 @@ def publish(url: str, namespace: str, dsn: str, where: str = "", *, maxlen: int 
     ]
 
     async def go() -> None:
-        client = Redis.from_url(url)
+        where_to = {"BRIDGE_REDIS_CLUSTER_NODES": nodes} if nodes else {"BRIDGE_REDIS_URL": url}
+        client = create_redis(BridgeSettings(**where_to))
         try:
             pub = EventPublisher(client, Channels(namespace), maxlen=maxlen)
             for k in range(0, len(frags), 100):
@@ -210,3 +213,25 @@ def test_once_in_event_mode_repairs_before_exiting(
     assert once.proc is not None and once.proc.wait(60) == 0
     assert target_sum(clean) == source_sum(clean)
     assert duplicates(clean) == 0
+
+
+def test_trim_past_the_group_on_a_cluster(spawn, etl_env, clean, namespace, tmp_path) -> None:
+    """The check-and-read script runs on Redis Cluster too (one key, one slot)."""
+    with redis_cluster(tmp_path / "cluster", 3) as cluster:
+        env = {
+            **etl_env,
+            "BRIDGE_REDIS_CLUSTER_NODES": cluster.nodes_env,
+            "BRIDGE_ETL_MODE": "event",
+            "BRIDGE_ETL_REPAIR_INTERVAL": "0",
+        }
+        insert_rows(clean, 200)
+        publish("", namespace, clean, "WHERE id <= 200", nodes=cluster.nodes_env)
+        proc = spawn("etl", env)
+        wait_for(lambda: target_sum(clean)[0] == 200, 30, "first rows")
+        assert proc.stop() == 0
+        insert_rows(clean, 2000, start=200)
+        publish("", namespace, clean, "WHERE id > 200", maxlen=30, nodes=cluster.nodes_env)
+        proc = spawn("etl", env)
+        assert_complete(clean)
+        assert metric(proc.url, "bridge_etl_stream_losses_total", reason="trimmed") >= 1
+        assert proc.stop() == 0

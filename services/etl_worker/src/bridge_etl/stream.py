@@ -258,15 +258,15 @@ class StreamConsumer:
 
     async def _read_script(self) -> Any:
         args = (self.group, self.consumer, self.batch_size)
-        sha = self._sha
-        if sha is None:
-            loaded = await self.redis.script_load(_READ_LUA)
-            sha = self._sha = _text(loaded)
+        if self._sha is None:
+            self._sha = _text(await self.redis.script_load(_READ_LUA))
         try:
-            return await self.redis.evalsha(sha, 1, self.stream, *args)
+            return await self.redis.evalsha(self._sha, 1, self.stream, *args)
         except NoScriptError:
+            # Redis restarted (script cache empty) or the key's node never saw the load:
+            # run it by text this once and load it again next time
             self._sha = None
-            return await self._read_script()
+            return await self.redis.eval(_READ_LUA, 1, self.stream, *args)
 
     async def handle(self, entries: list[Entry]) -> None:
         """Load a batch of entries, then acknowledge them."""
