@@ -9,6 +9,7 @@ and flushed here; the shared Redis is never touched.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -235,3 +236,31 @@ def test_trim_past_the_group_on_a_cluster(spawn, etl_env, clean, namespace, tmp_
         assert_complete(clean)
         assert metric(proc.url, "bridge_etl_stream_losses_total", reason="trimmed") >= 1
         assert proc.stop() == 0
+
+
+def test_redis_going_back_in_time_is_repaired(
+    spawn, event_env, clean, private_redis, namespace
+) -> None:
+    """Redis comes back with older data (like a failover to a replica that missed writes):
+    the group's position is behind what the worker read. Events published meanwhile that
+    no one read are gone with it; the repair loads them from the source."""
+    insert_rows(clean, 100)
+    publish(private_redis.url, namespace, clean, "WHERE id <= 100")
+    proc = spawn("etl", event_env)
+    wait_for(lambda: target_sum(clean)[0] == 100, 30, "first rows")
+    with redis.Redis.from_url(private_redis.url) as r:
+        r.save()  # the "replica": the data as of now
+    insert_rows(clean, 100, start=100)
+    publish(private_redis.url, namespace, clean, "WHERE id BETWEEN 101 AND 200")
+    wait_for(lambda: target_sum(clean)[0] == 200, 30, "rows read after the save")
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGSTOP)  # the worker reads nothing of what follows
+    try:
+        insert_rows(clean, 300, start=200)
+        publish(private_redis.url, namespace, clean, "WHERE id > 200")
+        private_redis.restart(hard=True)  # comes back from the save: ids 101.. are gone
+    finally:
+        proc.proc.send_signal(signal.SIGCONT)
+    assert_complete(clean)
+    assert metric(proc.url, "bridge_etl_stream_losses_total", reason="went_back") >= 1
+    assert proc.stop() == 0
