@@ -109,7 +109,8 @@ class Channels:
 
     @property
     def alert_seq(self) -> str:
-        """Counter of notification ids (also the dedupe sequence on the `alerts` topic)."""
+        """Counter of notification ids in versions before ids became UUIDv7; no longer
+        written (kept: names only grow)."""
         return self._global("alerter:seq")
 
     # -- ETL ----------------------------------------------------------------------------
