@@ -213,22 +213,25 @@ class StreamConsumer:
         self.seen: StreamId = (0, 0)
         self._stop: asyncio.Event | None = None
         self._sha: str | None = None
+        self._created = False
 
     async def ensure_group(self) -> None:
         """Create the group at the stream's start (MKSTREAM): nothing already there is
         skipped. A group created where this target already had one means Redis lost it."""
         try:
             await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-            created = True
+            # remembered until the target answered: a database hiccup right now must not
+            # hide the loss (the next try finds the group and would not know it is new)
+            self._created = True
             self.seen = (0, 0)
             log.info("stream.group_created", stream=self.stream, group=self.group)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-            created = False
         first = await self._mark_group()
-        if created and not first:
+        if self._created and not first:
             self.loss("group_missing")
+        self._created = False
 
     async def _mark_group(self) -> bool:
         """Remember on the target that it has a group; True if this is the first time."""
