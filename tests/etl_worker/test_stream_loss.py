@@ -139,9 +139,13 @@ def test_trim_while_the_worker_reads(spawn, event_env, clean, private_redis, nam
     assert proc.stop() == 0
 
 
-@pytest.mark.parametrize("how", ["kill-9", "flushall"])
-def test_redis_data_loss_mid_stream(spawn, event_env, clean, private_redis, namespace, how) -> None:
-    proc = spawn("etl", event_env)
+@pytest.mark.parametrize(
+    ("mode", "how"), [("event", "kill-9"), ("event", "flushall"), ("hybrid", "kill-9")]
+)
+def test_redis_data_loss_mid_stream(
+    spawn, event_env, clean, private_redis, namespace, mode, how
+) -> None:
+    proc = spawn("etl", {**event_env, "BRIDGE_ETL_MODE": mode})
     insert_rows(clean, 20_000)
     publish(private_redis.url, namespace, clean, "WHERE id <= 20000")
     wait_for(lambda: target_sum(clean)[0] >= 600, 30, "first batches")
