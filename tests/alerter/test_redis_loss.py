@@ -5,6 +5,7 @@ of repeated notifications reaches the receiver (a local HTTP server)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -113,10 +114,25 @@ def test_leader_survives_redis_loss_without_renotifying(
         first_id = uuid.UUID(first.headers["x-bridge-delivery"])
         assert first_id.version == 7
         started_at = first.json()["started_at"]
+        # a maintenance silence of another rule, seen by the leader before the loss
+        silence = {
+            "id": "maint1",
+            "rule": "other_rule",
+            "starts_at": time.time(),
+            "ends_at": time.time() + 3600,
+            "comment": "maintenance",
+            "created_by": "test",
+        }
+        with redis.Redis.from_url(private_redis.url) as c:
+            c.hset(Channels(ns).silences, "maint1", json.dumps(silence))
+        evaluations_pass(proc, 3)
 
         private_redis.restart(hard=True)  # no persistence: state, outbox, lease all gone
         wait_until(lambda: firing_state(private_redis.url, ns), what="state written back")
         assert counter(proc.url, "bridge_alerter_states_restored_total") >= 1
+        with redis.Redis.from_url(private_redis.url) as c:
+            kept = wait_until(lambda: c.hget(Channels(ns).silences, "maint1"), what="silence")
+        assert json.loads(kept) == silence
         evaluations_pass(proc, 20)
         assert len(receiver.at("/hook")) == 1, "the surviving leader must not notify again"
 

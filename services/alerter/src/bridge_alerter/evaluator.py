@@ -11,7 +11,9 @@ state with it. The evaluator rebuilds it without a storm of notifications:
 
 * a leader that kept running still holds every alert's state in memory: before each
   evaluation it compares the stored fingerprints with its own and writes back what Redis
-  forgot (`alerter.state_restored`) — nothing is notified again, `started_at` is kept;
+  forgot (`alerter.state_restored`) — nothing is notified again, `started_at` is kept.
+  Likewise the silences it read last time that are still running but gone from Redis are
+  written back (`alerter.silences_restored`): a maintenance silence outlives the loss;
 * a leader that starts (or takes over) with no stored state at all cannot tell a first
   start from a loss. Alerts start from `inactive`; one whose condition already holds at the
   first evaluation fires again after its `for`, with a new `started_at`, notified once per
@@ -40,7 +42,7 @@ from .delivery import Dispatcher
 from .leader import Leadership
 from .rules import RuleSet
 from .settings import Settings
-from .silences import SilenceStore
+from .silences import Silence, SilenceStore
 from .state import AlertState, Step, step
 from .store import EVENTS_CHANNEL, AlertStore, Delivery, new_delivery_id
 
@@ -88,6 +90,8 @@ class Evaluator:
         #: whose condition held from then on were probably firing before (re-found)
         self._rebuild_ts: float | None = None
         self._rebuilding = False
+        #: silences still running at the last evaluation (restored if Redis loses them)
+        self._silences_seen: dict[str, Silence] = {}
         #: snapshots older than this (seconds) are not evaluated
         self.stale_after = max(3 * settings.snapshot_interval, 30.0)
 
@@ -163,7 +167,7 @@ class Evaluator:
             await self._reconcile()  # a reload: forget removed rules before using new ones
         ruleset = self._ruleset
         assert ruleset is not None
-        silenced = await self.silences.active()
+        silenced = await self._active_silences()
         now = snapshot.ts
         for rule in ruleset.rules:
             fp = rule.fingerprint
@@ -197,6 +201,21 @@ class Evaluator:
             alerts=len(lost),
             firing=sum(1 for st in lost if st.state == "firing"),
         )
+
+    async def _active_silences(self) -> dict[str, Silence]:
+        """Rule → active silence; silences Redis lost since the last read are written back
+        while they still run (only silences expire; nothing else deletes a running one)."""
+        now = time.time()
+        found = await self.silences.all()
+        ids = {x.id for x in found}
+        lost = [x for x in self._silences_seen.values() if x.id not in ids and x.ends_at > now]
+        if lost:
+            await self.silences.restore(lost)
+            found += lost
+            metrics.SILENCES_RESTORED.inc(len(lost))
+            log.warning("alerter.silences_restored", silences=len(lost))
+        self._silences_seen = {x.id: x for x in found if x.ends_at > now}
+        return {x.rule: x for x in found if x.active(now)}
 
     def _refound(self, s: AlertState, kind: str | None) -> bool:
         """A first firing notice of an alert that held since the rebuild began."""

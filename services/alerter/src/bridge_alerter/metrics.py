@@ -32,3 +32,7 @@ REFOUND = Counter(
     "bridge_alerter_refound_total",
     "Firing notices of alerts re-found after a start with no stored state (may repeat one)",
 )
+SILENCES_RESTORED = Counter(
+    "bridge_alerter_silences_restored_total",
+    "Running silences written back after Redis lost them",
+)
