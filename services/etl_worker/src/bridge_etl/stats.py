@@ -3,6 +3,7 @@
 Lag is "now − created_at of the oldest source row the worker holds but has not committed",
 and between batches the freshness of the newest row it inserted (commit time − created_at);
 0 once a source has nothing new. So a stalled worker's lag grows, a caught-up one reads 0.
+A repair (event mode) re-reads old rows on purpose and does not count towards the lag.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: origins that re-read old rows on purpose: their rows' age is not the worker's lag (a
+#: repair re-reads the source from the watermark; its progress is in its own metrics)
+UNTIMED_ORIGINS = frozenset({"repair"})
 
 
 class EtlStats:
@@ -89,16 +94,22 @@ class EtlStats:
     # -- lag --------------------------------------------------------------------------
     def holding(self, origin: str, oldest: datetime | None) -> None:
         """Rows read from `origin`, not yet committed; `oldest` is their oldest created_at."""
+        if origin in UNTIMED_ORIGINS:
+            return
         if oldest is not None:
             self._in_flight[origin] = oldest.timestamp()
 
     def committed(self, origin: str, newest_inserted: datetime | None) -> None:
+        if origin in UNTIMED_ORIGINS:
+            return
         self._in_flight.pop(origin, None)
         if newest_inserted is not None:
             self._last_lag[origin] = max(0.0, time.time() - newest_inserted.timestamp())
 
     def idle(self, origin: str) -> None:
         """`origin` had nothing new: nothing waits, the lag is 0."""
+        if origin in UNTIMED_ORIGINS:
+            return
         self._in_flight.pop(origin, None)
         self._last_lag[origin] = 0.0
 
