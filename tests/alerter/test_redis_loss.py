@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from tests.support.cluster import RedisNode, redis_server
 
 from .conftest import rules_yaml, wait_until
+from .receiver import Answer
 
 RULE = """\
   - name: error_rate_high
@@ -171,4 +172,59 @@ def test_restart_with_redis_loss_renotifies_once_marked_refound(
         assert counter(proc.url, "bridge_alerter_refound_total") == 1
         evaluations_pass(proc, 20)
         assert len(receiver.at("/hook")) == 2, "re-notified at most once"
+        assert proc.stop() == 0
+
+
+TWO_RULES = (
+    RULE
+    + """\
+  - name: intents_failing
+    metric: intents.failed_5m
+    op: ">="
+    threshold: 10
+    for: 300ms
+    repeat_interval: 1h
+    severity: warning
+    summary: "{{ value }} intents failed"
+    notify: [hook]
+"""
+)
+
+
+@pytest.mark.parametrize("outage", [0.0, 2.5], ids=["restart", "outage-longer-than-lease"])
+def test_queued_notification_survives_redis_loss(
+    spawn, alerter_env, receiver, private_redis, ns, outage
+) -> None:
+    """A notification the surviving leader had queued when Redis lost the outbox is still
+    delivered (and written back), not dropped — also when the outage outlasts the lease
+    (1 s here) and the leader has to win it again."""
+    Path(alerter_env["BRIDGE_ALERT_RULES"]).write_text(rules_yaml(receiver.url, TWO_RULES))
+    env = {
+        **alerter_env,
+        "BRIDGE_REDIS_URL": private_redis.url,
+        "BRIDGE_ALERTER_HTTP_TIMEOUT": "30",
+    }
+    receiver.script("/hook", Answer(hang=True))  # the first notice blocks the channel
+    outbox = Channels(ns).alert_outbox
+    with SturdyFeed(private_redis.url, ns) as feed:
+        proc = spawn("alerter", env)
+        evaluations_pass(proc, 3)
+        feed.metrics = {"audit.error_rate_5m": 0.2, "intents.failed_5m": 12}
+        receiver.wait(lambda: receiver.at("/hook"), what="first notice in flight")
+        with redis.Redis.from_url(private_redis.url) as c:
+            wait_until(
+                lambda: len([f for f in c.hkeys(outbox) if f.endswith(b":hook")]) == 2,
+                what="second notice queued behind it",
+            )
+        private_redis.restart(hard=True, down_for=outage)
+        wait_until(lambda: firing_state(private_redis.url, ns), what="state written back")
+        receiver.release()
+        hooks = receiver.wait(
+            lambda: len(receiver.delivered("/hook")) >= 2 and receiver.delivered("/hook"),
+            what="both notices delivered",
+        )
+        rules = sorted(h.json()["rule"] for h in hooks)
+        assert rules == ["error_rate_high", "intents_failing"]
+        with redis.Redis.from_url(private_redis.url) as c:
+            wait_until(lambda: c.hlen(outbox) == 0, what="everything acknowledged")
         assert proc.stop() == 0

@@ -9,11 +9,13 @@ default, leaves the alert as it is; `ok` treats it as not holding; `alerting` as
 Redis data loss (restart without persistence, FLUSHALL, failover) takes the stored alert
 state with it. The evaluator rebuilds it without a storm of notifications:
 
-* a leader that kept running still holds every alert's state in memory: before each
+* a leader that kept running still holds every alert's state in memory. Before each
   evaluation it compares the stored fingerprints with its own and writes back what Redis
   forgot (`alerter.state_restored`) — nothing is notified again, `started_at` is kept.
-  Likewise the silences it read last time that are still running but gone from Redis are
-  written back (`alerter.silences_restored`): a maintenance silence outlives the loss;
+  When the epoch token (`Channels.alert_epoch`) is gone, it also writes back the
+  notifications it still owes (`alerter.outbox_restored`; its channel workers send them
+  meanwhile anyway, see delivery.py). Likewise the silences it read last time that are
+  still running but gone from Redis are written back (`alerter.silences_restored`);
 * a leader that starts (or takes over) with no stored state at all cannot tell a first
   start from a loss. Alerts start from `inactive`; one whose condition already holds at the
   first evaluation fires again after its `for`, with a new `started_at`, notified once per
@@ -113,6 +115,13 @@ class Evaluator:
     async def _take_over(self) -> None:
         """Become the evaluator: load the shared state, start at the newest snapshot."""
         stored = await self.store.load_states()
+        if self.store.epoch is not None and not await self.store.epoch_intact():
+            # this process led before and Redis lost its data since
+            owed = await self.dispatcher.restore_owed()
+            log.warning("alerter.outbox_restored", notifications=owed)
+        else:
+            self.dispatcher.forget_abandoned()
+        await self.store.claim_epoch()
         if stored or not self.states:
             self.states = stored
         # else: this process led before and Redis forgot everything; keep what it knows
@@ -188,6 +197,12 @@ class Evaluator:
         """Write back the states Redis forgot while this leader kept them (see docstring)."""
         if not self.states:
             return
+        if not await self.store.epoch_intact():
+            # Redis lost its data: the outbox first (what this leader still owes), then
+            # mark the new data as seen
+            owed = await self.dispatcher.restore_owed()
+            await self.store.claim_epoch()
+            log.warning("alerter.outbox_restored", notifications=owed)
         stored = await self.store.stored_fingerprints()
         lost = [st for fp, st in self.states.items() if fp not in stored]
         if not lost:

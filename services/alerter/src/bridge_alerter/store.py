@@ -79,6 +79,8 @@ class AlertStore:
         self.channels = channels
         self.owner = owner
         self._commit = client.register_script(_COMMIT_LUA)
+        #: the `alert_epoch` token of the data this leader works on (None: not claimed yet)
+        self.epoch: str | None = None
 
     async def load_states(self) -> dict[str, AlertState]:
         raw = await self.client.hgetall(self.channels.alert_state)
@@ -90,6 +92,20 @@ class AlertStore:
             except (msgspec.DecodeError, TypeError, ValueError):
                 continue  # written by an incompatible version; rebuilt on next evaluation
         return out
+
+    async def claim_epoch(self) -> None:
+        """Mark this Redis as seen by the current leader (a token under `alert_epoch`);
+        keeps a token another leader wrote into the same data."""
+        await self.client.set(self.channels.alert_epoch, uuid.uuid4().hex, nx=True)
+        raw = await self.client.get(self.channels.alert_epoch)
+        self.epoch = raw.decode() if isinstance(raw, bytes) else raw
+
+    async def epoch_intact(self) -> bool:
+        """False when Redis lost its data since `claim_epoch` (the token is gone)."""
+        if self.epoch is None:
+            return True
+        raw = await self.client.get(self.channels.alert_epoch)
+        return (raw.decode() if isinstance(raw, bytes) else raw) == self.epoch
 
     async def stored_fingerprints(self) -> set[str]:
         raw = await self.client.hkeys(self.channels.alert_state)
@@ -129,6 +145,12 @@ class AlertStore:
             await self.client.hdel(self.channels.alert_outbox, *junk)
         out.sort(key=lambda d: (d.created_at, str(d.id)))
         return out
+
+    async def requeue(self, deliveries: list[Delivery]) -> None:
+        """Put deliveries back into the outbox (after Redis lost it), keeping any entry
+        that is there already."""
+        for d in deliveries:
+            await self.client.hsetnx(self.channels.alert_outbox, d.field, dumps(d))
 
     async def is_pending(self, delivery: Delivery) -> bool:
         return bool(await self.client.hexists(self.channels.alert_outbox, delivery.field))
