@@ -195,14 +195,14 @@ class Evaluator:
 
     async def _restore_lost_states(self) -> None:
         """Write back the states Redis forgot while this leader kept them (see docstring)."""
-        if not self.states:
-            return
         if not await self.store.epoch_intact():
             # Redis lost its data: the outbox first (what this leader still owes), then
             # mark the new data as seen
             owed = await self.dispatcher.restore_owed()
             await self.store.claim_epoch()
             log.warning("alerter.outbox_restored", notifications=owed)
+        if not self.states:
+            return
         stored = await self.store.stored_fingerprints()
         lost = [st for fp, st in self.states.items() if fp not in stored]
         if not lost:
