@@ -71,7 +71,6 @@ class EtlWorker:
             redis, svc.channels.etl_dead_letter, svc.instance, settings.dead_letter_maxlen
         )
         self.path: Path = "plain"
-        self._sink: Sink
 
     async def detect(self, stop: asyncio.Event) -> Path:
         """The target's path, retrying while the target database is unreachable."""
@@ -131,9 +130,7 @@ class EtlWorker:
         self.stats.path = self.path
         self.log.info("etl.path", path=self.path, batch_size=self.settings.batch_size)
         await self.maintain()
-        sink = self._sink = Sink(
-            self.target, self.path, self.dead_letters, self.stats, self.partitions
-        )
+        sink = Sink(self.target, self.path, self.dead_letters, self.stats, self.partitions)
         try:
             await self._run_mode(sink, stop)
         except Stopping:
@@ -165,11 +162,13 @@ class EtlWorker:
             return
         async with asyncio.TaskGroup() as tg:
             if s.mode in ("polling", "hybrid"):
-                poller = self._poller("polling")
+                poller = self._poller(sink, "polling")
                 tg.create_task(poller.run(stop, once=job.once), name="polling")
             if s.mode in ("event", "hybrid"):
                 if s.mode == "event":
-                    repair = Repair(self._poller("repair"), self.stats, interval=s.repair_interval)
+                    repair = Repair(
+                        self._poller(sink, "repair"), self.stats, interval=s.repair_interval
+                    )
                     on_loss = repair.request
                 else:
                     on_loss = self._loss_covered_by_polling
@@ -202,12 +201,12 @@ class EtlWorker:
                         self._every(stop, REFRESH_INTERVAL, "refresh", sink.flush_refresh)
                     )
 
-    def _poller(self, origin: str) -> Poller:
+    def _poller(self, sink: Sink, origin: str) -> Poller:
         s = self.settings
         return Poller(
             self.source,
             s.effective_target_dsn,
-            self._sink,
+            sink,
             self.stats,
             batch_size=s.batch_size,
             poll_interval=s.poll_interval,
