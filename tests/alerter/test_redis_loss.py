@@ -130,7 +130,10 @@ def test_leader_survives_redis_loss_without_renotifying(
 
         private_redis.restart(hard=True)  # no persistence: state, outbox, lease all gone
         wait_until(lambda: firing_state(private_redis.url, ns), what="state written back")
-        assert counter(proc.url, "bridge_alerter_states_restored_total") >= 1
+        wait_until(
+            lambda: counter(proc.url, "bridge_alerter_states_restored_total") >= 1,
+            what="restore counted",
+        )
         with redis.Redis.from_url(private_redis.url) as c:
             kept = wait_until(lambda: c.hget(Channels(ns).silences, "maint1"), what="silence")
         assert json.loads(kept) == silence

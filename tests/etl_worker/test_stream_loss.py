@@ -200,7 +200,11 @@ def test_reconciliation_loads_rows_no_event_announced(
     publish(private_redis.url, namespace, clean, "WHERE id <= 10")
     proc = spawn("etl", {**event_env, "BRIDGE_ETL_REPAIR_INTERVAL": "1"})
     assert_complete(clean)
-    assert metric(proc.url, "bridge_etl_repairs_total", reason="reconciliation") >= 1
+    wait_for(
+        lambda: metric(proc.url, "bridge_etl_repairs_total", reason="reconciliation") >= 1,
+        20,
+        "a reconciliation counted",
+    )
     assert proc.stop() == 0
 
 
