@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -156,8 +157,12 @@ def test_test_notify_sends_to_webhook_and_slack(alerter_env, receiver, cli_in_pr
     sig = hmac.new(b"s3cret", hook.body, hashlib.sha256).hexdigest()
     assert hook.headers["x-bridge-signature"] == f"sha256={sig}"
     assert hook.json()["rule"] == "bridge_alerter_test"
+    # a real delivery id (UUIDv7), printed too, and a new one for every test message
+    sent = uuid.UUID(hook.headers["x-bridge-delivery"])
+    assert sent.version == 7 and str(sent) in res.stdout
     assert cli_in_process("test-notify", "--channel", "slack", env=alerter_env).returncode == 0
     assert "TEST" in receiver.delivered("/slack")[0].json()["text"]
+    assert receiver.delivered("/slack")[0].headers["x-bridge-delivery"] != str(sent)
     res = cli_in_process("test-notify", "--channel", "nope", env=alerter_env)
     assert res.returncode == 2 and "unknown channel 'nope'" in res.stderr
     receiver.script("/hook", *[_answer(404)])

@@ -50,3 +50,27 @@ def test_health_ready_and_metrics(spawn, bridge_env, migrated_dsn) -> None:
     ):
         assert name in text
     assert proc.stop() == 0
+
+
+def test_one_off_runs_beside_a_running_worker(spawn, etl_env, clean) -> None:
+    """`backfill` and `--once` use the worker's environment, port included, and still run:
+    a one-off run listens on an ephemeral port; options before the subcommand count."""
+    from tests.etl_worker.audit import insert_rows, source_sum, target_sum
+
+    insert_rows(clean, 50)
+    worker = spawn("etl", {**etl_env, "BRIDGE_ETL_MODE": "event"})
+    same_env = {**etl_env, "BRIDGE_ETL_PORT": str(worker.port)}
+    res = _run(["--batch-size", "7", "backfill", "--since", "2000-01-01T00:00:00Z"], same_env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert '"batch_size": 7' in res.stdout, "--batch-size before the subcommand was dropped"
+    assert target_sum(clean) == source_sum(clean)
+    insert_rows(clean, 30, start=50)
+    res = _run(["--once", "--mode", "polling"], same_env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert target_sum(clean) == source_sum(clean)
+    assert worker.alive()
+    assert httpx.get(worker.url + "/healthz").json()["status"] == "ok"
+    # a backfill takes no mode: refused with a reason rather than ignored
+    res = _run(["--mode", "event", "backfill", "--since", "2000-01-01T00:00:00Z"], same_env)
+    assert res.returncode == 2 and "do not apply to backfill" in res.stderr.splitlines()[-1]
+    assert worker.stop() == 0

@@ -114,8 +114,15 @@ class Channels:
         return self._global("alerter:outbox")
 
     @property
+    def alert_epoch(self) -> str:
+        """A token the leading alerter writes when it takes over; gone or changed means
+        Redis lost its data since (the outbox with it)."""
+        return self._global("alerter:epoch")
+
+    @property
     def alert_seq(self) -> str:
-        """Counter of notification ids (also the dedupe sequence on the `alerts` topic)."""
+        """Counter of notification ids in versions before ids became UUIDv7; no longer
+        written (kept: names only grow)."""
         return self._global("alerter:seq")
 
     # -- ETL ----------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 Pools are async context managers opened inside a service's lifespan; nothing connects at
 import time. `connect_with_backoff` is for long-lived single connections (LISTEN, the
-notifier's leader lock) that must survive a database restart.
+notifier's leader lock, the ETL poller's lock) that must survive a database restart;
+`keepalive_conninfo` gives such a connection TCP keepalives on both ends, so a lock held by
+a host that vanished is released within seconds.
 """
 
 from __future__ import annotations
@@ -14,12 +16,41 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from .logging import get_logger
 
 log = get_logger(__name__)
+
+
+#: TCP keepalives of a lock-holding session, client side (libpq): a dead server is noticed
+#: after ~11 s of silence (5 s idle, then 3 probes 2 s apart)
+KEEPALIVES: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+#: the same on the server's end of the session: PostgreSQL ends the session of a client
+#: whose host vanished without closing its socket, which releases its advisory locks
+SERVER_KEEPALIVES = (
+    "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
+)
+
+
+def keepalive_conninfo(dsn: str, *, application_name: str, options: str = "") -> str:
+    """`dsn` plus a recognisable application name and TCP keepalives on both ends, for a
+    long-lived session that holds a lock (see `KEEPALIVES`, `SERVER_KEEPALIVES`), plus the
+    caller's server `options`; options already in the DSN are kept."""
+    parts = [conninfo_to_dict(dsn).get("options"), SERVER_KEEPALIVES, options]
+    return make_conninfo(
+        dsn,
+        application_name=application_name,
+        options=" ".join(str(p) for p in parts if p),
+        **KEEPALIVES,
+    )
 
 
 class Backoff:

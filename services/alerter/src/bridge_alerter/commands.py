@@ -18,6 +18,7 @@ from .rules import load_rules
 from .settings import Settings
 from .silences import SilenceStore
 from .state import iso
+from .store import new_delivery_id
 
 
 def check(path: str) -> int:
@@ -58,6 +59,9 @@ def test_notify(settings: Settings, path: str, channel_name: str, attempts: int 
         fingerprint="test",
     )
 
+    # a real id, the same on every attempt: receivers dedupe test messages like others
+    delivery_id = new_delivery_id()
+
     async def go() -> int:
         async with httpx.AsyncClient() as http:
             for attempt in range(1, attempts + 1):
@@ -67,7 +71,7 @@ def test_notify(settings: Settings, path: str, channel_name: str, attempts: int 
                         channel,
                         notice,
                         kind="test",
-                        delivery_id=0,
+                        delivery_id=delivery_id,
                         call_timeout=settings.http_timeout,
                         allowed=settings.allowed,
                     )
@@ -77,7 +81,7 @@ def test_notify(settings: Settings, path: str, channel_name: str, attempts: int 
                         return 1
                     await asyncio.sleep(min(exc.retry_after or attempt, 10.0))
                     continue
-                print(f"sent a test message to {channel_name} ({channel.type})")
+                print(f"sent a test message to {channel_name} ({channel.type}), id {delivery_id}")
                 return 0
         return 1
 

@@ -6,7 +6,15 @@ together with the state change that caused it (`store.AlertStore.commit`) and re
 after its channel answered 2xx. A crash (even `kill -9`) mid-delivery leaves it in the
 outbox; the next leader replays it. The price is a possible duplicate when the process dies
 after the receiver got the message but before the acknowledgement was recorded; receivers
-can drop those by the `X-Bridge-Delivery` header (the notification id).
+can drop those by the `X-Bridge-Delivery` header: the notification id, a UUIDv7 that is
+globally unique (not a Redis counter: it never restarts after a Redis data loss and never
+collides across deployments). Not by `started_at`: a repeat, and the notice after a
+silence ends, carry the incident's original `started_at`.
+
+What the outbox holds lives in Redis. After a Redis data loss (told by the epoch token
+`Channels.alert_epoch` being gone) a leader that kept running still sends what it had
+already queued in memory; notifications only the lost outbox held are gone (the alert
+state is rebuilt, see evaluator.py).
 
 Each channel has its own task, so a channel that keeps failing only delays itself. Failed
 attempts are retried with exponential backoff and full jitter (`Retry-After` on 429/5xx
@@ -36,7 +44,7 @@ from .leader import Leadership
 from .rules import ChannelConfig, RuleSet
 from .settings import Settings
 from .state import iso
-from .store import EVENTS_CHANNEL, AlertStore, Delivery
+from .store import EVENTS_CHANNEL, AlertStore, Delivery, dedupe_seq
 
 log = get_logger("alerter.delivery")
 
@@ -61,6 +69,8 @@ class Dispatcher:
         self.publisher = publisher
         self._queues: dict[str, asyncio.Queue[Delivery]] = {}
         self._inflight: set[str] = set()
+        #: accepted and not finished: what this leader still owes, by outbox field
+        self._owed: dict[str, Delivery] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._stop: asyncio.Event | None = None
         #: Slack URL → monotonic time of its last message (shared by channels with one URL)
@@ -90,6 +100,7 @@ class Dispatcher:
         except asyncio.QueueFull:
             return
         self._inflight.add(d.field)
+        self._owed[d.field] = d
         metrics.QUEUE_DEPTH.labels(d.channel).set(queue.qsize())
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -112,6 +123,18 @@ class Dispatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.outbox_sweep_interval)
 
+    async def restore_owed(self) -> int:
+        """Redis lost the outbox: write back what this leader still owes; returns how many."""
+        owed = list(self._owed.values())
+        if owed:
+            await self.store.requeue(owed)
+        return len(owed)
+
+    def forget_abandoned(self) -> None:
+        """The outbox survived: it, not this memory, says what is owed for what is not
+        being sent right now."""
+        self._owed = {f: d for f, d in self._owed.items() if f in self._inflight}
+
     # -- sending ----------------------------------------------------------------------------
     async def _channel_worker(
         self, channel: str, queue: asyncio.Queue[Delivery], stop: asyncio.Event
@@ -127,13 +150,21 @@ class Dispatcher:
                 log.exception("delivery.crashed", channel=channel, id=d.id)
             finally:
                 self._inflight.discard(d.field)
+                if self.leadership.is_leader:
+                    self._owed.pop(d.field, None)
+                # else: left for the next leader through the outbox — and kept here in
+                # case Redis lost that outbox meanwhile (see `restore_owed`)
 
     async def _deliver(self, d: Delivery, stop: asyncio.Event) -> None:
         # A sweep may have read this entry just before an earlier copy was acknowledged;
         # the outbox is the truth about what is still owed.
+        # Not pending any more because Redis lost the outbox (the epoch token is gone too):
+        # this leader still holds the notification, so it sends it (at least once).
         try:
             if not await self.store.is_pending(d):
-                return
+                if await self.store.epoch_intact():
+                    return
+                log.warning("outbox.lost_with_redis", id=d.id, channel=d.channel)
         except Exception as exc:  # noqa: BLE001 - cannot tell: send (at least once)
             log.warning("outbox.check_failed", id=d.id, channel=d.channel, error=str(exc))
         attempt = 0
@@ -256,7 +287,7 @@ class Dispatcher:
             op, d.notice.fingerprint, msgspec.to_builtins(d.notice), _iso(d.created_at)
         )
         try:
-            await self.publisher.publish(ALERTS_TOPIC, [(d.id, frag)])
+            await self.publisher.publish(ALERTS_TOPIC, [(dedupe_seq(d.id), frag)])
         except Exception as exc:  # noqa: BLE001 - Redis trouble is retried like HTTP trouble
             raise DeliveryError(f"publish failed: {exc}", retry=True) from None
 

@@ -8,6 +8,22 @@ default, leaves the alert as it is; `ok` treats it as not holding; `alerting` as
 When no fresh snapshot arrives at all (the metrics API is down, or cannot publish), the
 leader evaluates an empty one once per snapshot interval: every metric is "no data", so
 rules with `no_data: alerting` fire on the silence itself instead of waiting for figures.
+
+Redis data loss (restart without persistence, FLUSHALL, failover) takes the stored alert
+state with it. The evaluator rebuilds it without a storm of notifications:
+
+* a leader that kept running still holds every alert's state in memory. Before each
+  evaluation it compares the stored fingerprints with its own and writes back what Redis
+  forgot (`alerter.state_restored`) — nothing is notified again, `started_at` is kept.
+  When the epoch token (`Channels.alert_epoch`) is gone, it also writes back the
+  notifications it still owes (`alerter.outbox_restored`; its channel workers send them
+  meanwhile anyway, see delivery.py). Likewise the silences it read last time that are
+  still running but gone from Redis are written back (`alerter.silences_restored`);
+* a leader that starts (or takes over) with no stored state at all cannot tell a first
+  start from a loss. Alerts start from `inactive`; one whose condition already holds at the
+  first evaluation fires again after its `for`, with a new `started_at`, notified once per
+  channel, and its summary says it was re-found (`REFOUND_NOTE`, log `alert.refound`,
+  `bridge_alerter_refound_total`): it may repeat a notice sent before the loss.
 """
 
 from __future__ import annotations
@@ -18,6 +34,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from bridge_common.channels import Channels
 from bridge_common.events import MetricsSnapshot
 from bridge_common.logging import get_logger
@@ -30,14 +47,19 @@ from .delivery import Dispatcher
 from .leader import Leadership
 from .rules import RuleSet
 from .settings import Settings
-from .silences import SilenceStore
+from .silences import Silence, SilenceStore
 from .state import AlertState, Step, step
-from .store import EVENTS_CHANNEL, AlertStore, Delivery
+from .store import EVENTS_CHANNEL, AlertStore, Delivery, new_delivery_id
 
 log = get_logger("alerter.evaluator")
 
 #: snapshots read per XREAD call
 READ_BATCH = 100
+#: appended to the summary of an alert found firing right after a start with no stored state
+REFOUND_NOTE = (
+    " [re-found: the alerter had no stored state (first start or Redis data loss);"
+    " this may repeat an earlier notice]"
+)
 
 
 class NotLeader(Exception):
@@ -73,6 +95,12 @@ class Evaluator:
         #: move `_last_ts`, not this)
         self._last_real_ts = 0.0
         self._last_silence = 0.0
+        #: the first snapshot time after a take-over that found no stored state: alerts
+        #: whose condition held from then on were probably firing before (re-found)
+        self._rebuild_ts: float | None = None
+        self._rebuilding = False
+        #: silences still running at the last evaluation (restored if Redis loses them)
+        self._silences_seen: dict[str, Silence] = {}
         #: snapshots older than this (seconds) are not evaluated
         self.stale_after = max(3 * settings.snapshot_interval, 30.0)
 
@@ -93,7 +121,20 @@ class Evaluator:
 
     async def _take_over(self) -> None:
         """Become the evaluator: load the shared state, start at the newest snapshot."""
-        self.states = await self.store.load_states()
+        stored = await self.store.load_states()
+        if self.store.epoch is not None and not await self.store.epoch_intact():
+            # this process led before and Redis lost its data since
+            owed = await self.dispatcher.restore_owed()
+            log.warning("alerter.outbox_restored", notifications=owed)
+        else:
+            self.dispatcher.forget_abandoned()
+        await self.store.claim_epoch()
+        if stored or not self.states:
+            self.states = stored
+        # else: this process led before and Redis forgot everything; keep what it knows
+        # (written back by `_restore_lost_states`)
+        self._rebuilding = not self.states
+        self._rebuild_ts = None
         self._term = self.leadership.term
         self._ruleset = None
         self._last_ts = 0.0
@@ -147,13 +188,16 @@ class Evaluator:
             log.warning("snapshot.stale", age=round(age, 1), limit=self.stale_after)
             return
         self._last_ts = snapshot.ts
+        if self._rebuilding and self._rebuild_ts is None:
+            self._rebuild_ts = snapshot.ts
+        await self._restore_lost_states()
         metrics.EVALUATIONS.inc()
         metrics.SNAPSHOT_AGE.set(max(0.0, time.time() - snapshot.ts))
         if self.rules() is not self._ruleset:
             await self._reconcile()  # a reload: forget removed rules before using new ones
         ruleset = self._ruleset
         assert ruleset is not None
-        silenced = await self.silences.active()
+        silenced = await self._active_silences()
         now = snapshot.ts
         for rule in ruleset.rules:
             fp = rule.fingerprint
@@ -170,13 +214,65 @@ class Evaluator:
             if result.changed:
                 await self._commit(result, rule.notify, now)
 
+    async def _restore_lost_states(self) -> None:
+        """Write back the states Redis forgot while this leader kept them (see docstring)."""
+        if not await self.store.epoch_intact():
+            # Redis lost its data: the outbox first (what this leader still owes), then
+            # mark the new data as seen
+            owed = await self.dispatcher.restore_owed()
+            await self.store.claim_epoch()
+            log.warning("alerter.outbox_restored", notifications=owed)
+        if not self.states:
+            return
+        stored = await self.store.stored_fingerprints()
+        lost = [st for fp, st in self.states.items() if fp not in stored]
+        if not lost:
+            return
+        for st in lost:
+            if not await self.store.commit(st.fingerprint, st, []):
+                raise NotLeader
+        metrics.STATES_RESTORED.inc(len(lost))
+        log.warning(
+            "alerter.state_restored",
+            alerts=len(lost),
+            firing=sum(1 for st in lost if st.state == "firing"),
+        )
+
+    async def _active_silences(self) -> dict[str, Silence]:
+        """Rule → active silence; silences Redis lost since the last read are written back
+        while they still run (only silences expire; nothing else deletes a running one)."""
+        now = time.time()
+        found = await self.silences.all()
+        ids = {x.id for x in found}
+        lost = [x for x in self._silences_seen.values() if x.id not in ids and x.ends_at > now]
+        if lost:
+            await self.silences.restore(lost)
+            found += lost
+            metrics.SILENCES_RESTORED.inc(len(lost))
+            log.warning("alerter.silences_restored", silences=len(lost))
+        self._silences_seen = {x.id: x for x in found if x.ends_at > now}
+        return {x.rule: x for x in found if x.active(now)}
+
+    def _refound(self, s: AlertState, kind: str | None) -> bool:
+        """A first firing notice of an alert that held since the rebuild began."""
+        return (
+            kind == "firing"
+            and self._rebuild_ts is not None
+            and s.active_since is not None
+            and s.active_since <= self._rebuild_ts
+        )
+
     async def _commit(self, result: Step, notify: tuple[str, ...], now: float) -> None:
         s = result.state
         deliveries: list[Delivery] = []
         if result.notify is not None or result.event is not None:
-            nid = await self.store.next_id()
+            nid = new_delivery_id()
             if result.notify is not None:
                 notice = s.notice("resolved" if result.notify == "resolved" else "firing")
+                if self._refound(s, result.notify):
+                    notice = msgspec.structs.replace(notice, summary=notice.summary + REFOUND_NOTE)
+                    metrics.REFOUND.inc()
+                    log.warning("alert.refound", rule=s.rule, fingerprint=s.fingerprint)
                 deliveries += [
                     Delivery(
                         id=nid, channel=c, kind=result.notify, created_at=time.time(), notice=notice
@@ -224,7 +320,7 @@ class Evaluator:
                 continue
             deliveries: list[Delivery] = []
             if s.state == "firing":
-                nid = await self.store.next_id()
+                nid = new_delivery_id()
                 s.summary = f"{s.summary} (rule removed)"
                 notice = s.notice("resolved")
                 deliveries.append(

@@ -24,3 +24,15 @@ SNAPSHOT_AGE = Gauge(
     "bridge_alerter_snapshot_age_seconds", "Age of the last evaluated snapshot when evaluated"
 )
 RELOADS = Counter("bridge_alerter_reloads_total", "Rule reloads", ["result"])
+STATES_RESTORED = Counter(
+    "bridge_alerter_states_restored_total",
+    "Alert states written back after Redis lost them while the leader kept them in memory",
+)
+REFOUND = Counter(
+    "bridge_alerter_refound_total",
+    "Firing notices of alerts re-found after a start with no stored state (may repeat one)",
+)
+SILENCES_RESTORED = Counter(
+    "bridge_alerter_silences_restored_total",
+    "Running silences written back after Redis lost them",
+)

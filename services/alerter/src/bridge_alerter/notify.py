@@ -90,7 +90,7 @@ async def send(
     notice: AlertNotice,
     *,
     kind: str,
-    delivery_id: int,
+    delivery_id: str | int,
     call_timeout: float,
     allowed: tuple[IPNetwork, ...] | None = None,
 ) -> None:

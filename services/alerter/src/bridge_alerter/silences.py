@@ -75,6 +75,12 @@ class SilenceStore:
         t = time.time() if now is None else now
         return {s.rule: s for s in await self.all() if s.active(t)}
 
+    async def restore(self, silences: list[Silence]) -> None:
+        """Write back silences Redis lost (see `evaluator.Evaluator`), unless one with the
+        same id was written meanwhile."""
+        for silence in silences:
+            await self.client.hsetnx(self.key, silence.id, dumps(silence))
+
     async def expire(self, silence_id: str) -> Silence | None:
         raw = await self.client.hget(self.key, silence_id)
         if raw is None:

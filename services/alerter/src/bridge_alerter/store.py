@@ -9,9 +9,11 @@ acknowledged it, which is what makes delivery at-least-once across crashes.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Literal
 
 import msgspec
+import uuid6
 from bridge_common.channels import Channels
 from bridge_common.events import AlertNotice, dumps, loads
 from bridge_common.redis import AnyRedis
@@ -37,10 +39,25 @@ return 1
 """
 
 
-class Delivery(msgspec.Struct, kw_only=True):
-    """One notification for one channel (or for the `alerts` topic)."""
+def new_delivery_id() -> str:
+    """A globally unique, time-ordered notification id (UUIDv7): unlike a Redis counter it
+    never restarts after a Redis data loss and never collides across deployments."""
+    return str(uuid6.uuid7())
 
-    id: int
+
+def dedupe_seq(delivery_id: str | int) -> int:
+    """The id as the integer the `alerts` topic's publish dedupe keys on."""
+    if isinstance(delivery_id, int):
+        return delivery_id  # written by a version that counted in Redis
+    return uuid.UUID(delivery_id).int
+
+
+class Delivery(msgspec.Struct, kw_only=True):
+    """One notification for one channel (or for the `alerts` topic); every channel's copy
+    of one notification has the same `id`."""
+
+    #: `new_delivery_id()`; an int in outboxes written before ids were UUIDs
+    id: str | int
     channel: str
     kind: Literal["firing", "repeat", "resolved", "test"]
     created_at: float
@@ -62,6 +79,8 @@ class AlertStore:
         self.channels = channels
         self.owner = owner
         self._commit = client.register_script(_COMMIT_LUA)
+        #: the `alert_epoch` token of the data this leader works on (None: not claimed yet)
+        self.epoch: str | None = None
 
     async def load_states(self) -> dict[str, AlertState]:
         raw = await self.client.hgetall(self.channels.alert_state)
@@ -74,8 +93,23 @@ class AlertStore:
                 continue  # written by an incompatible version; rebuilt on next evaluation
         return out
 
-    async def next_id(self) -> int:
-        return int(await self.client.incr(self.channels.alert_seq))
+    async def claim_epoch(self) -> None:
+        """Mark this Redis as seen by the current leader (a token under `alert_epoch`);
+        keeps a token another leader wrote into the same data."""
+        await self.client.set(self.channels.alert_epoch, uuid.uuid4().hex, nx=True)
+        raw = await self.client.get(self.channels.alert_epoch)
+        self.epoch = raw.decode() if isinstance(raw, bytes) else raw
+
+    async def epoch_intact(self) -> bool:
+        """False when Redis lost its data since `claim_epoch` (the token is gone)."""
+        if self.epoch is None:
+            return True
+        raw = await self.client.get(self.channels.alert_epoch)
+        return (raw.decode() if isinstance(raw, bytes) else raw) == self.epoch
+
+    async def stored_fingerprints(self) -> set[str]:
+        raw = await self.client.hkeys(self.channels.alert_state)
+        return {f.decode() if isinstance(f, bytes) else str(f) for f in raw}
 
     async def commit(
         self, fingerprint: str, state: AlertState | None, deliveries: list[Delivery]
@@ -109,8 +143,14 @@ class AlertStore:
                 break
         if junk:
             await self.client.hdel(self.channels.alert_outbox, *junk)
-        out.sort(key=lambda d: d.id)
+        out.sort(key=lambda d: (d.created_at, str(d.id)))
         return out
+
+    async def requeue(self, deliveries: list[Delivery]) -> None:
+        """Put deliveries back into the outbox (after Redis lost it), keeping any entry
+        that is there already."""
+        for d in deliveries:
+            await self.client.hsetnx(self.channels.alert_outbox, d.field, dumps(d))
 
     async def is_pending(self, delivery: Delivery) -> bool:
         return bool(await self.client.hexists(self.channels.alert_outbox, delivery.field))

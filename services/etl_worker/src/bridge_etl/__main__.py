@@ -1,7 +1,12 @@
 """Command line of the ETL worker.
 
 bridge-etl [--mode polling|event|hybrid] [--batch-size N] [--once] [--port P]
-bridge-etl backfill --since ISO-TIME [--until ISO-TIME] [--batch-size N]
+bridge-etl [--batch-size N] backfill --since ISO-TIME [--until ISO-TIME] [--batch-size N]
+
+One-off runs (`--once`, `backfill`) run beside the long-lived workers, which hold
+`BRIDGE_ETL_PORT`: they listen on an ephemeral port (logged in `service.started`) unless
+`--port` names one. `--batch-size`/`--port` may stand before or after `backfill`; options
+that mean nothing to a backfill (`--mode`, `--once`) are refused, never dropped.
 """
 
 from __future__ import annotations
@@ -26,13 +31,26 @@ def _time(value: str) -> datetime:
     return ts
 
 
-def _parser() -> argparse.ArgumentParser:
+def _common(suppress: bool) -> argparse.ArgumentParser:
+    # after the subcommand the defaults are SUPPRESS: an option given before it survives
+    default = argparse.SUPPRESS if suppress else None
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--batch-size", type=int, help="rows per batch (BRIDGE_ETL_BATCH_SIZE)")
-    common.add_argument("--port", type=int, help="listen port (BRIDGE_ETL_PORT)")
+    common.add_argument(
+        "--batch-size", type=int, default=default, help="rows per batch (BRIDGE_ETL_BATCH_SIZE)"
+    )
+    common.add_argument(
+        "--port",
+        type=int,
+        default=default,
+        help="listen port (BRIDGE_ETL_PORT; one-off runs: an ephemeral port unless given)",
+    )
+    return common
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bridge-etl",
-        parents=[common],
+        parents=[_common(suppress=False)],
         description="Copy audit logs into the time-series store (TimescaleDB or partitioned"
         " PostgreSQL).",
     )
@@ -44,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="drain what is there, then exit 0")
     sub = p.add_subparsers(dest="command")
     b = sub.add_parser(
-        "backfill", parents=[common], help="load the source rows created since a time, then exit"
+        "backfill",
+        parents=[_common(suppress=True)],
+        help="load the source rows created since a time, then exit",
     )
     b.add_argument("--since", type=_time, required=True, help="ISO 8601 time with zone")
     b.add_argument("--until", type=_time, help="ISO 8601 time with zone (default: no end)")
@@ -52,10 +72,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "backfill" and (args.mode is not None or args.once):
+        parser.error("--mode and --once do not apply to backfill (it reads the source table)")
     if args.batch_size is not None and not 1 <= args.batch_size <= 50_000:
         fail_config("etl: invalid configuration: --batch-size: must be between 1 and 50000")
-    settings = load_settings(Settings, port=args.port, mode=args.mode, batch_size=args.batch_size)
+    port = args.port
+    if port is None and (args.once or args.command == "backfill"):
+        port = 0  # beside a running worker, which holds BRIDGE_ETL_PORT
+    settings = load_settings(Settings, port=port, mode=args.mode, batch_size=args.batch_size)
     if args.command == "backfill":
         if args.until is not None and args.until <= args.since:
             fail_config("etl: invalid configuration: --until must be after --since")

@@ -23,6 +23,7 @@ from .jobs import POLL_INTERVAL as JOBS_POLL_INTERVAL
 from .jobs import read_jobs
 from .partitions import Partitions
 from .polling import Poller
+from .repair import Repair
 from .settings import Settings
 from .sink import Sink, Stopping
 from .stats import EtlStats
@@ -189,17 +190,16 @@ class EtlWorker:
             return
         async with asyncio.TaskGroup() as tg:
             if s.mode in ("polling", "hybrid"):
-                poller = Poller(
-                    self.source,
-                    s.effective_target_dsn,
-                    sink,
-                    self.stats,
-                    batch_size=s.batch_size,
-                    poll_interval=s.poll_interval,
-                    settle_grace=s.settle_grace,
-                )
+                poller = self._poller(sink, "polling")
                 tg.create_task(poller.run(stop, once=job.once), name="polling")
             if s.mode in ("event", "hybrid"):
+                if s.mode == "event":
+                    repair = Repair(
+                        self._poller(sink, "repair"), self.stats, interval=s.repair_interval
+                    )
+                    on_loss = repair.request
+                else:
+                    on_loss = self._loss_covered_by_polling
                 consumer = StreamConsumer(
                     self.redis,
                     self.svc.channels,
@@ -210,8 +210,16 @@ class EtlWorker:
                     claim_idle=s.claim_idle,
                     claim_interval=s.claim_interval,
                     max_deliveries=s.max_deliveries,
+                    on_loss=on_loss,
                 )
-                tg.create_task(consumer.run(stop, once=job.once), name="stream")
+                if s.mode == "hybrid":
+                    tg.create_task(consumer.run(stop, once=job.once), name="stream")
+                elif job.once:
+                    # drain the stream, then repair what it reported lost
+                    tg.create_task(self._drain_then_repair(consumer, repair, stop), name="stream")
+                else:
+                    tg.create_task(consumer.run(stop), name="stream")
+                    tg.create_task(repair.run(stop), name="repair")
             if not job.once:
                 tg.create_task(
                     self._every(stop, s.maintenance_interval, "maintenance", self.maintain)
@@ -223,6 +231,31 @@ class EtlWorker:
                     tg.create_task(
                         self._every(stop, JOBS_POLL_INTERVAL, "timescale_jobs", self.poll_jobs)
                     )
+
+    def _poller(self, sink: Sink, origin: str) -> Poller:
+        s = self.settings
+        return Poller(
+            self.source,
+            s.effective_target_dsn,
+            sink,
+            self.stats,
+            batch_size=s.batch_size,
+            poll_interval=s.poll_interval,
+            settle_grace=s.settle_grace,
+            origin=origin,
+        )
+
+    def _loss_covered_by_polling(self, reason: str) -> None:
+        """Hybrid: the poller in this process already re-reads everything the stream lost."""
+        self.stats.stream_loss(reason)
+        self.log.info("stream.loss_covered", reason=reason, by="polling")
+
+    @staticmethod
+    async def _drain_then_repair(
+        consumer: StreamConsumer, repair: Repair, stop: asyncio.Event
+    ) -> None:
+        await consumer.run(stop, once=True)
+        await repair.run(stop, once=True)
 
 
 async def run(settings: Settings, job: Job) -> int:

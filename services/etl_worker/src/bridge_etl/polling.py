@@ -24,7 +24,10 @@ out of order per session and the gap logic covers that too, since the gap is sti
 the highest id read), none twice.
 
 One poller is active per target database (a session advisory lock); other workers wait as
-standbys, so two workers never do the same reads.
+standbys, so two workers never do the same reads. The lock's session has TCP keepalives on
+both ends (`keepalive_conninfo`): when the leader's host vanishes, PostgreSQL ends the
+session within about 11 s and a standby takes over. In event mode the same poller, run to
+the end of the source (`once`), is the stream's repair (repair.py).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from bridge_common.db import Backoff, connect_with_backoff
+from bridge_common.db import Backoff, connect_with_backoff, keepalive_conninfo
 from bridge_common.logging import get_logger
 from psycopg_pool import AsyncConnectionPool
 
@@ -49,6 +52,8 @@ from .transform import SOURCE_SELECT, TargetRow, from_source
 log = get_logger(__name__)
 
 STATE_NAME = "polling:audit_logs"
+#: how the lock session shows in pg_stat_activity
+APPLICATION_NAME = "bridge-etl-poller"
 #: one active poller per target database (pg_try_advisory_lock key)
 POLLER_LOCK = 0x6574_6C70_6F6C  # "etlpol"
 #: gaps remembered before they are merged into one range (bounded memory)
@@ -97,6 +102,7 @@ class Poller:
     ) -> None:
         self.source = source
         self.target_dsn = target_dsn
+        self.lock_conninfo = keepalive_conninfo(target_dsn, application_name=APPLICATION_NAME)
         self.sink = sink
         self.stats = stats
         self.batch_size = batch_size
@@ -207,7 +213,7 @@ class Poller:
         while not stop.is_set():
             try:
                 lock_conn = await connect_with_backoff(
-                    self.target_dsn, stop=stop, autocommit=True, what="target"
+                    self.lock_conninfo, stop=stop, autocommit=True, what="target"
                 )
             except asyncio.CancelledError:
                 if stop.is_set():

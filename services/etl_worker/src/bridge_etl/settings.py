@@ -39,6 +39,11 @@ class Settings(BridgeSettings):
     max_deliveries: int = Field(
         default=5, ge=1, le=1000, validation_alias="BRIDGE_ETL_MAX_DELIVERIES"
     )
+    #: event mode: seconds between reconciliations from the source table (repairs after a
+    #: detected stream loss run at once); 0 = only on a detected loss
+    repair_interval: float = Field(
+        default=300.0, ge=0, le=86_400, validation_alias="BRIDGE_ETL_REPAIR_INTERVAL"
+    )
     #: raw rows are kept this many days (partitions dropped / Timescale retention policy).
     #: At least 3: the continuous aggregate's policy re-reads the last 2 days, and dropping
     #: raw rows inside that window would erase their counts from the aggregate too.

@@ -3,6 +3,7 @@
 Lag is "now − created_at of the oldest source row the worker holds but has not committed",
 and between batches the freshness of the newest row it inserted (commit time − created_at);
 0 once a source has nothing new. So a stalled worker's lag grows, a caught-up one reads 0.
+A repair (event mode) re-reads old rows on purpose and does not count towards the lag.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .jobs import JobState
 
+#: origins that re-read old rows on purpose: their rows' age is not the worker's lag (a
+#: repair re-reads the source from the watermark; its progress is in its own metrics)
+UNTIMED_ORIGINS = frozenset({"repair"})
+
 
 class EtlStats:
     """Counters of one worker process, per origin (`polling`, `stream`, `backfill`)."""
@@ -28,6 +33,10 @@ class EtlStats:
         self.dead_letters_total = 0
         self.expired_total = 0
         self.watermark: int | None = None
+        self.rows_by_origin: dict[str, int] = {}
+        self.stream_losses_total = 0
+        self.repairs_total = 0
+        self.last_loss: str | None = None
         self._in_flight: dict[str, float] = {}
         self._last_lag: dict[str, float] = {}
         self._rate = 0.0
@@ -106,19 +115,39 @@ class EtlStats:
             registry=registry,
         )
 
+        self.m_losses = Counter(
+            "bridge_etl_stream_losses",
+            "Times the audit_logs stream was found to have lost entries the group had not"
+            " loaded (trimmed, group or stream lost, Redis went back)",
+            ["reason"],
+            registry=registry,
+        )
+        self.m_repairs = Counter(
+            "bridge_etl_repairs",
+            "Completed repairs from the source table (event mode)",
+            ["reason"],
+            registry=registry,
+        )
+
     # -- lag --------------------------------------------------------------------------
     def holding(self, origin: str, oldest: datetime | None) -> None:
         """Rows read from `origin`, not yet committed; `oldest` is their oldest created_at."""
+        if origin in UNTIMED_ORIGINS:
+            return
         if oldest is not None:
             self._in_flight[origin] = oldest.timestamp()
 
     def committed(self, origin: str, newest_inserted: datetime | None) -> None:
+        if origin in UNTIMED_ORIGINS:
+            return
         self._in_flight.pop(origin, None)
         if newest_inserted is not None:
             self._last_lag[origin] = max(0.0, time.time() - newest_inserted.timestamp())
 
     def idle(self, origin: str) -> None:
         """`origin` had nothing new: nothing waits, the lag is 0."""
+        if origin in UNTIMED_ORIGINS:
+            return
         self._in_flight.pop(origin, None)
         self._last_lag[origin] = 0.0
 
@@ -133,6 +162,7 @@ class EtlStats:
     # -- counts -----------------------------------------------------------------------
     def loaded(self, origin: str, inserted: int, duplicates: int, seconds: float) -> None:
         self.rows_total += inserted
+        self.rows_by_origin[origin] = self.rows_by_origin.get(origin, 0) + inserted
         self.duplicates_total += duplicates
         self.m_rows.labels(origin).inc(inserted)
         self.m_duplicates.labels(origin).inc(duplicates)
@@ -164,6 +194,15 @@ class EtlStats:
                 self.m_job_success_age.labels(*labels).set(age)
         self.m_jobs_failing.set(sum(j.failing for j in jobs))
 
+    def stream_loss(self, reason: str) -> None:
+        self.stream_losses_total += 1
+        self.last_loss = reason
+        self.m_losses.labels(reason).inc()
+
+    def repaired(self, reason: str) -> None:
+        self.repairs_total += 1
+        self.m_repairs.labels(reason).inc()
+
     def set_watermark(self, value: int) -> None:
         self.watermark = value
         self.m_watermark.set(value)
@@ -190,6 +229,9 @@ class EtlStats:
             "dead_letters_total": self.dead_letters_total,
             "expired_total": self.expired_total,
             "watermark": self.watermark,
+            "stream_losses_total": self.stream_losses_total,
+            "last_stream_loss": self.last_loss,
+            "repairs_total": self.repairs_total,
         }
         if self._jobs is not None:
             failing = [j for j in self._jobs if j.failing]

@@ -29,13 +29,13 @@ from typing import Any
 
 import psycopg
 from bridge_common.channels import OUTBOX_NOTIFY_CHANNEL, Channels, InvalidTopic, check_topic
-from bridge_common.db import Backoff, connect_with_backoff
+from bridge_common.db import Backoff, connect_with_backoff, keepalive_conninfo
 from bridge_common.events import event_fragment_raw, event_fragment_too_large
 from bridge_common.history import Position, format_position, parse_position
 from bridge_common.logging import get_logger
 from bridge_common.redis import AnyRedis, RelayPublisher
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 from redis.exceptions import RedisError
 
 from . import leader
@@ -65,30 +65,18 @@ class RedisUnavailable(Exception):
     """Publishing failed; the batch stays in the outbox and is retried after a pause."""
 
 
-#: server-side keepalives of the relay's session: PostgreSQL drops a leader whose host
-#: vanished without closing its socket within ~11 s, releasing the lock for the standby.
-#: And a fresh plan for every statement: a generic plan cached while the outbox was
+#: a fresh plan for every relay statement: a generic plan cached while the outbox was
 #: near-empty (seq scan + sort) costs a full scan per batch once a backlog builds up —
-#: measured 0.3-3 s a batch under a bulk writer, against ~50 ms with a custom plan.
-_SERVER_KEEPALIVES = (
-    "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 "
-    "-c plan_cache_mode=force_custom_plan"
-)
+#: measured 0.3-3 s a batch under a bulk writer, against ~50 ms with a custom plan
+_PLAN_OPTIONS = "-c plan_cache_mode=force_custom_plan"
 
 
 def relay_conninfo(dsn: str) -> str:
     """The source DSN plus a recognisable application name and TCP keepalives on both
-    ends, so a dead peer is noticed within seconds even while the connection is idle."""
-    options = conninfo_to_dict(dsn).get("options")
-    return make_conninfo(
-        dsn,
-        application_name=APPLICATION_NAME,
-        keepalives=1,
-        keepalives_idle=5,
-        keepalives_interval=2,
-        keepalives_count=3,
-        options=f"{options} {_SERVER_KEEPALIVES}" if options else _SERVER_KEEPALIVES,
-    )
+    ends, so a dead peer is noticed within seconds even while the connection is idle
+    (PostgreSQL drops a leader whose host vanished within ~11 s, releasing the lock for
+    the standby); statements get custom plans (`_PLAN_OPTIONS`)."""
+    return keepalive_conninfo(dsn, application_name=APPLICATION_NAME, options=_PLAN_OPTIONS)
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:
