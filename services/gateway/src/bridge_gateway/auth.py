@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import jwt
 
@@ -17,6 +18,9 @@ class Principal:
     sub: str
     topics: frozenset[str] | None
     exp: float | None = None
+    #: the `presence` claim (False: never listed) and the `info` claim (any JSON), as given
+    presence: object = field(default=None, compare=False)
+    info: Any = field(default=None, compare=False)
 
     def may_read(self, topic: str) -> bool:
         return self.topics is None or topic in self.topics
@@ -85,4 +89,10 @@ class Authenticator:
             raise Unauthorized("invalid token: 'sub' must be a string")
         exp = claims.get("exp")
         allowed = None if "*" in topics else frozenset(topics)
-        return Principal(sub, allowed, float(exp) if isinstance(exp, int | float) else None)
+        return Principal(
+            sub,
+            allowed,
+            float(exp) if isinstance(exp, int | float) else None,
+            presence=claims.get("presence"),
+            info=claims.get("info"),
+        )
