@@ -128,6 +128,8 @@ class TopicView:
         #: what watchers have been shown (at most `cap` entries)
         self.listed: dict[str, Member] = {}
         self._changed: set[str] = set()
+        #: (connections, subs, truncated) of the last frame
+        self._told = (0, 0, False)
         # pending writes to Redis
         self._out_joins: dict[str, Member] = {}
         self._out_leaves: set[str] = set()
@@ -332,9 +334,12 @@ class TopicView:
                         self.listed[conn] = m
                         joins.append(m.entry)
                         free -= 1
-        if not joins and not leaves:
+        told = (self.connections, self.subs, self.truncated)
+        if not joins and not leaves and told == self._told:
             return None
-        return Frame(joins, leaves, self.connections, self.subs, self.truncated)
+        # past the cap an unlisted member's join or leave changes only the counts
+        self._told = told
+        return Frame(joins, leaves, *told)
 
     @property
     def truncated(self) -> bool:
