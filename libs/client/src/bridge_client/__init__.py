@@ -9,7 +9,7 @@ jittered exponential backoff and resumes from the last delivered id, so each eve
 seen exactly once; `HistoryLost` when the gateway can no longer resume.
 """
 
-from bridge_common.events import Event
+from bridge_common.events import Event, PresenceEntry
 
 from .backoff import Backoff, backoff_ceiling, backoff_delay
 from .client import BridgeClient, ClientOptions, Endpoints
@@ -23,6 +23,7 @@ from .errors import (
     Unauthorized,
 )
 from .eventid import parse_event_id
+from .presence import PresenceChange, PresenceList, PresenceSnapshot
 from .subscription import Subscription
 
 __all__ = [
@@ -36,6 +37,10 @@ __all__ = [
     "Event",
     "HistoryLost",
     "InvalidSubscription",
+    "PresenceChange",
+    "PresenceEntry",
+    "PresenceList",
+    "PresenceSnapshot",
     "Subscription",
     "SubscriptionRejected",
     "Unauthorized",

@@ -606,10 +606,13 @@ class PresenceTracker:
             if view.synced and self._redis_ok and view.replicas:
                 view.expire(now)
             frame = view.take_frame()
+            # a watcher's first frame is the whole list, once the other replicas' are read;
+            # until then it gets no changes either
+            waiting = self._new_watchers.get(topic)
             fresh = self._new_watchers.pop(topic, None) if view.synced else None
             if frame is not None and watchers:
                 data = encode_frame(topic, frame)
-                skip = set(fresh or ())
+                skip = set(waiting or ())
                 for client in watchers:
                     if client not in skip:
                         client.send_message(data, sse_event="presence")
