@@ -5,6 +5,7 @@ its authorisation, and the list cap."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -156,3 +157,25 @@ async def test_subscribe_without_presence_gets_no_frames(
         [event_id] = await inject.rows(TOPIC, [{"id": 1}])
         msg = await recv_json(ws)
         assert msg["type"] == "event" and msg["id"] == event_id
+
+
+async def test_one_connection_keeps_its_conn_id_across_topics_and_resubscribes(
+    gateway: ServiceProcess, inject: Injector
+) -> None:
+    def entry(topic: str) -> list[dict[str, Any]]:
+        r = presence(gateway, topic)
+        return [e for e in r.json()["present"] if e["sub"] == "multi"]
+
+    tok = token([TOPIC, "intents"], sub="multi")
+    async with await connect(gateway, tok=tok) as ws:
+        assert (await subscribe(ws, TOPIC))[-1]["type"] == "subscribed"
+        assert (await subscribe(ws, "intents"))[-1]["type"] == "subscribed"
+        [on_things] = await eventually(lambda: entry(TOPIC), what="listed on things")
+        [on_intents] = await eventually(lambda: entry("intents"), what="listed on intents")
+        assert on_things["conn"] == on_intents["conn"]
+        # subscribing again (new filter) replaces the subscription, not the connection
+        await ws.send(json.dumps({"type": "unsubscribe", "topic": "intents"}))
+        await eventually(lambda: not entry("intents"), what="left intents")
+        assert (await subscribe(ws, TOPIC, filter={"id": 1}))[-1]["type"] == "subscribed"
+        assert entry(TOPIC) == [on_things]
+    await eventually(lambda: not entry(TOPIC), what="left on close")

@@ -148,6 +148,7 @@ class Gateway:
         if client in self.clients:
             self.clients.discard(client)
             metrics.CONNECTIONS.labels(client.transport).dec()
+        self.presence.forget(client)
         if not self.clients:
             self._gone.set()
 

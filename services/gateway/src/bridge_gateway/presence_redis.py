@@ -323,8 +323,6 @@ class PresenceTracker:
         if c is None or topic not in c.topics:
             return
         c.topics.discard(topic)
-        if not c.topics:
-            del self._conns[client]
         view = self.views.get(topic)
         if view is not None:
             if c.visible:
@@ -332,6 +330,15 @@ class PresenceTracker:
             else:
                 view.hidden = max(0, view.hidden - 1)
         self._unwatch(topic, client)
+
+    def forget(self, client: Client) -> None:
+        """The connection is gone (after its sessions left every topic)."""
+        c = self._conns.get(client)
+        if c is None:
+            return
+        for topic in list(c.topics):
+            self.leave(client, topic)
+        del self._conns[client]
 
     def _watch(self, topic: str, client: Client) -> None:
         watchers = self.watchers.setdefault(topic, set())
