@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from bridge_gateway.presence import (
     TopicView,
     encode_frame,
@@ -175,3 +176,21 @@ def test_channel_names_map_back_to_topics() -> None:
     assert _topic_of(ch.presence_live("audit_logs")) == "audit_logs"
     assert _topic_of(ch.live("audit_logs")) is None
     assert ch.presence_members("t", "r1").startswith(ch.presence_members_prefix("t"))
+
+
+def test_presence_settings_are_bounded(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bridge_common.settings import load_settings
+    from bridge_gateway.settings import Settings
+
+    monkeypatch.setenv("BRIDGE_AUTH", "disabled")
+    assert load_settings(Settings).presence_max_list == 1000
+    assert load_settings(Settings).presence_max_info_bytes == 1024
+    for name, bad in (("BRIDGE_PRESENCE_MAX_LIST", "0"), ("BRIDGE_PRESENCE_MAX_INFO_BYTES", "-1")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(SystemExit) as exited:
+            load_settings(Settings)
+        assert exited.value.code == 2
+        assert name in capsys.readouterr().err
+        monkeypatch.delenv(name)

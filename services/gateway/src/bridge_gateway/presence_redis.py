@@ -39,6 +39,7 @@ from bridge_common.redis import AnyRedis, is_cluster
 from redis.exceptions import RedisError
 
 from . import metrics
+from .clients import ws_text_frame
 from .presence import (
     BATCH_INTERVAL,
     Member,
@@ -511,7 +512,10 @@ class PresenceTracker:
                             continue
                         msg = await ps.get_message(timeout=1.0)
                     if msg is not None:
-                        self._on_message(msg)
+                        try:
+                            self._on_message(msg)
+                        except Exception:  # a presence bug must not stop event delivery
+                            log.exception("presence.message_failed")
             except (RedisError, OSError) as exc:
                 log.warning("presence.redis_lost", error=str(exc) or type(exc).__name__)
             finally:
@@ -619,16 +623,18 @@ class PresenceTracker:
             fresh = self._new_watchers.pop(topic, None) if view.synced else None
             if frame is not None and watchers:
                 data = encode_frame(topic, frame)
+                ws_frame = ws_text_frame(data)
                 skip = set(waiting or ())
                 for client in watchers:
                     if client not in skip:
-                        client.send_message(data, sse_event="presence")
+                        client.send_shared(data, ws_frame)
                 metrics.PRESENCE_FRAMES.inc()
             if fresh and watchers:
                 data = encode_frame(topic, view.full_frame())
+                ws_frame = ws_text_frame(data)
                 for client in fresh:
                     if client in watchers:
-                        client.send_message(data, sse_event="presence")
+                        client.send_shared(data, ws_frame)
             if may_write:
                 if not view.local:
                     view.take_writes()  # nothing to keep: leaves are covered by the drop
@@ -646,7 +652,11 @@ class PresenceTracker:
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             started = loop.time()
-            writes = self._tick()
+            try:
+                writes = self._tick()
+            except Exception:  # a presence bug must not stop event delivery
+                log.exception("presence.tick_failed")
+                writes = []
             if writes:
                 results = await asyncio.gather(*writes, return_exceptions=True)
                 errors = [r for r in results if isinstance(r, BaseException)]
@@ -707,6 +717,8 @@ class PresenceTracker:
                 await self._write_summary()
             except (RedisError, OSError) as exc:
                 log.warning("presence.summary_failed", error=str(exc))
+            except Exception:
+                log.exception("presence.summary_failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.heartbeat)
 
