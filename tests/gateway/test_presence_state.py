@@ -176,6 +176,13 @@ def test_channel_names_map_back_to_topics() -> None:
     assert _topic_of(ch.presence_live("audit_logs")) == "audit_logs"
     assert _topic_of(ch.live("audit_logs")) is None
     assert ch.presence_members("t", "r1").startswith(ch.presence_members_prefix("t"))
+    # one hash tag per topic (the scripts touch one cluster slot), the namespace's for the
+    # per-replica summaries
+    for name in (ch.presence_members("t", "r1"), ch.presence_index("t"), ch.presence_live("t")):
+        assert "{t}" in name and name.startswith("ns:")
+    assert ch.presence_replica("r1").startswith("{ns}:") and ch.presence_replicas == (
+        "{ns}:presence:replicas"
+    )
 
 
 def test_presence_settings_are_bounded(

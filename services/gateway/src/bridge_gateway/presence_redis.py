@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,8 @@ log = get_logger(__name__)
 LEASE_FACTOR = 1.75
 #: Redis calls presence runs at once
 CONCURRENCY = 16
+#: clock offset samples kept (reads of watched topics; twice a heartbeat each)
+OFFSET_SAMPLES = 32
 #: changes kept per topic while its first read is under way (beyond: the next read)
 EARLY_CHANGES = 1000
 
@@ -275,8 +278,9 @@ class PresenceTracker:
         self._redis_ok = True
         self._write_backoff = Backoff(base=BATCH_INTERVAL, cap=2.0)
         self._write_after = 0.0
-        #: Redis clock minus the loop's clock (s), from the last read
+        #: Redis clock minus the loop's clock (s), see `_clock`
         self._offset = 0.0
+        self._offsets: deque[float] = deque(maxlen=OFFSET_SAMPLES)
         #: changes that arrived while a watched topic's first read was under way
         self._early: dict[str, list[_Change]] = {}
 
@@ -399,10 +403,9 @@ class PresenceTracker:
             args += [name, at]
         async with self._limit:
             raw = await self._read(keys=[self.channels.presence_index(topic)], args=args)
+        offset = self._clock(int(raw[0]) / 1000.0 - asyncio.get_running_loop().time())
         if self.views.get(topic) is not view or topic not in self.watchers:
             return
-        loop_now = asyncio.get_running_loop().time()
-        offset = int(raw[0]) / 1000.0 - loop_now
         for entry in raw[1:]:
             name = _text(entry[0])
             if name == self.replica:
@@ -413,10 +416,18 @@ class PresenceTracker:
                 view.remote_full(name, epoch, seq, deadline, _members(entry[4]))
             elif not view.remote_seen(name, epoch, seq, deadline):
                 self._resync.add(topic)
-        self._offset = offset
         view.synced = True
         for ch in self._early.pop(topic, ()):
             self._apply_change(topic, view, ch)
+
+    def _clock(self, sample: float) -> float:
+        """Redis clock minus the loop's, from a read's Redis time and the moment its answer
+        was handled. A busy loop handles answers late, which only lowers a sample, and a
+        low offset puts lease deadlines late: the largest recent sample is the closest —
+        never early (no false leaves), and not stretched by one slow answer."""
+        self._offsets.append(sample)
+        self._offset = max(self._offsets)
+        return self._offset
 
     # -- watching (pub/sub) ---------------------------------------------------------------
     async def _subscribe(self, ps: Any, channels: list[str]) -> None:
