@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -367,17 +368,23 @@ async def run(args: argparse.Namespace) -> str:
         print(f"  kill: {res['kill']} (after {time.monotonic() - killed:.2f}s)", flush=True)
         res["load"].append(os.getloadavg()[0])
     finally:
-        await publisher.stop()
+        print("  teardown", flush=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(publisher.stop(), 5)
         for _, tr, _ in open_conns:
             tr.disconnect()
         for g in gws:
             if g.proc.poll() is None:
-                g.stop()
+                await asyncio.to_thread(g.stop)
             else:
                 g.log.close()
-        async for key in r.scan_iter(match=f"*{ns}*", count=1000):
-            await r.delete(key)
-        await r.aclose()
+        print("  gateways stopped", flush=True)
+        cleanup = aredis.Redis.from_url(REDIS_URL)
+        async for key in cleanup.scan_iter(match=f"*{ns}*", count=1000):
+            await cleanup.delete(key)
+        await cleanup.aclose()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(r.aclose(), 5)
     return report(res)
 
 
