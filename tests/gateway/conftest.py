@@ -7,10 +7,11 @@ these tests do not need the notifier running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,29 @@ def metric(proc: ServiceProcess, name: str) -> float:
         if line.startswith(name + " ") or line.startswith(name + "{"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+@pytest.fixture
+def presence_env(gw_env: dict[str, str]) -> dict[str, str]:
+    """A gateway whose presence leases are short (1.75 × a 1 s heartbeat)."""
+    from tests.gateway.presence_support import HEARTBEAT
+
+    return {**gw_env, "BRIDGE_HEARTBEAT_INTERVAL": str(HEARTBEAT)}
+
+
+@pytest.fixture
+async def opened() -> AsyncIterator[Callable[..., Any]]:
+    """Open WebSockets subscribed to a topic; all closed at the end of the test."""
+    sockets: list[Any] = []
+
+    async def _open(proc: ServiceProcess, sub: str, topic: str = "things", **claims: Any) -> Any:
+        ws = await connect(proc, tok=token([topic], sub=sub, **claims))
+        sockets.append(ws)
+        msgs = await subscribe(ws, topic)
+        assert msgs[-1]["type"] == "subscribed", msgs
+        return ws
+
+    yield _open
+    for ws in sockets:
+        with contextlib.suppress(Exception):
+            await ws.close()

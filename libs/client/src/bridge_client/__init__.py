@@ -13,7 +13,7 @@ data {}; drop what you hold for the topic). A primary-key change arrives as a `d
 the old key then an `insert` of the new one; a composite key is JSON array text.
 """
 
-from bridge_common.events import Event
+from bridge_common.events import Event, PresenceEntry
 
 from .backoff import Backoff, backoff_ceiling, backoff_delay
 from .client import BridgeClient, ClientOptions, Endpoints
@@ -27,6 +27,7 @@ from .errors import (
     Unauthorized,
 )
 from .eventid import parse_event_id
+from .presence import PresenceChange, PresenceList, PresenceSnapshot
 from .subscription import Subscription
 
 __all__ = [
@@ -40,6 +41,10 @@ __all__ = [
     "Event",
     "HistoryLost",
     "InvalidSubscription",
+    "PresenceChange",
+    "PresenceEntry",
+    "PresenceList",
+    "PresenceSnapshot",
     "Subscription",
     "SubscriptionRejected",
     "Unauthorized",

@@ -19,11 +19,21 @@ from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import msgspec
 from bridge_common.channels import InvalidTopic, check_topic
+from bridge_common.events import PresenceEntry
 
 from .backoff import Backoff
-from .errors import BridgeClientError, ClientClosed, DuplicateSubscription, InvalidSubscription
+from .errors import (
+    BridgeClientError,
+    ClientClosed,
+    DuplicateSubscription,
+    InvalidSubscription,
+    SubscriptionRejected,
+    Unauthorized,
+)
 from .eventid import parse_event_id
+from .presence import PresenceSnapshot
 from .sse import SSEStream
 from .subscription import FilterSpec, Subscription
 from .websocket import FallbackToSSE, WebSocketSession
@@ -60,6 +70,9 @@ class Endpoints:
 
     def events(self, topic: str) -> str:
         return f"{self.http}/events/{topic}"
+
+    def presence(self, topic: str) -> str:
+        return f"{self.http}/presence/{topic}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,10 +188,18 @@ class BridgeClient:
     # -- subscriptions -------------------------------------------------------------------
 
     def subscribe(
-        self, topic: str, filter: FilterSpec | None = None, since: str | None = None
+        self,
+        topic: str,
+        filter: FilterSpec | None = None,
+        since: str | None = None,
+        *,
+        presence: bool = False,
     ) -> Subscription:
         """Subscribe to `topic` (optionally only rows matching `filter`, optionally
-        replaying what came after event id `since`). One subscription per topic."""
+        replaying what came after event id `since`). One subscription per topic.
+
+        `presence=True`: `subscription.presence` keeps the list of who else is
+        subscribed (WebSocket transport; over SSE use :meth:`presence`)."""
         if self._closed or self._task is None:
             raise ClientClosed("use `async with BridgeClient(...)` (or start()) first")
         if self._fatal is not None:
@@ -195,12 +216,40 @@ class BridgeClient:
             since,
             queue_size=self.options.queue_size,
             clock_skew=self.options.clock_skew,
+            presence=presence,
         )
         self._subs[topic] = sub
         if self.transport == "sse":
             self._start_sse(sub)
         self._changed()
         return sub
+
+    async def presence(self, topic: str) -> PresenceSnapshot:
+        """Who is subscribed to `topic` on every gateway replica now (one HTTP request)."""
+        if self._closed:
+            raise ClientClosed("client is closed")
+        try:
+            check_topic(topic)
+        except InvalidTopic as exc:
+            raise InvalidSubscription(str(exc)) from None
+        token = await self._token()
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            r = await self.http().get(self.endpoints.presence(topic), headers=headers)
+        except httpx.HTTPError as exc:
+            raise BridgeClientError(f"presence of {topic}: {exc!r}") from exc
+        if r.status_code == 401:
+            raise Unauthorized(401)
+        if r.status_code != 200:
+            try:
+                body = r.json()
+                code, message = str(body.get("code")), str(body.get("message"))
+            except ValueError:
+                code, message = f"http_{r.status_code}", r.text[:200]
+            raise SubscriptionRejected(code, message, topic)
+        return _decode_presence(r.content)
 
     @property
     def subscriptions(self) -> list[Subscription]:
@@ -285,6 +334,25 @@ class BridgeClient:
 
 
 _SCALARS = (str, int, float, bool, type(None))
+
+
+class _PresenceBody(msgspec.Struct):
+    topic: str
+    present: list[PresenceEntry]
+    connections: int
+    subs: int
+    truncated: bool = False
+
+
+_presence_decoder = msgspec.json.Decoder(_PresenceBody)
+
+
+def _decode_presence(body: bytes) -> PresenceSnapshot:
+    try:
+        b = _presence_decoder.decode(body)
+    except msgspec.MsgspecError as exc:
+        raise BridgeClientError(f"unexpected presence answer: {exc}") from None
+    return PresenceSnapshot(b.topic, b.present, b.connections, b.subs, b.truncated)
 
 
 def _validate(topic: str, filter: FilterSpec | None, since: str | None) -> None:

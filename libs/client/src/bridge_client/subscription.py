@@ -16,6 +16,7 @@ from bridge_common.events import Event
 
 from .errors import BridgeClientError, ClientClosed
 from .eventid import EventKey, parse_event_id
+from .presence import PresenceList
 
 if TYPE_CHECKING:
     from .client import BridgeClient
@@ -43,8 +44,11 @@ class Subscription:
         *,
         queue_size: int,
         clock_skew: float,
+        presence: bool = False,
     ) -> None:
         self.topic = topic
+        #: who else is subscribed to the topic (WebSocket only), when asked for
+        self.presence: PresenceList | None = PresenceList(topic) if presence else None
         self.filter = dict(filter) if filter else None
         self.since = since
         #: id of the last event handed to the caller's queue
@@ -179,6 +183,8 @@ class Subscription:
 
     def set_down(self) -> None:
         self._live.clear()
+        if self.presence is not None:
+            self.presence.stale()
 
     def fail(self, error: BridgeClientError) -> None:
         """End the subscription with an error, raised after the queued events."""
@@ -190,6 +196,8 @@ class Subscription:
     def _end(self) -> None:
         self._closed = True
         self._live.clear()
+        if self.presence is not None:
+            self.presence.close()
         self._wake()
 
     def _notify(self) -> None:

@@ -20,6 +20,7 @@ from bridge_common.events import (
     ErrorMessage,
     Event,
     Pong,
+    Presence,
     Subscribed,
     decode_server_message,
     dumps,
@@ -57,6 +58,8 @@ def subscribe_frame(sub: Subscription) -> bytes:
     sub.sent_since = since
     if since is not None:
         msg["since"] = since
+    if sub.presence is not None:
+        msg["presence"] = True
     return dumps(msg)
 
 
@@ -190,6 +193,10 @@ class WebSocketSession:
                 sub = on_wire.get(msg.topic)
                 if sub is not None:
                     sub.set_live(msg.recovered)
+            elif isinstance(msg, Presence):
+                sub = on_wire.get(msg.topic)
+                if sub is not None and sub.presence is not None and sub.active:
+                    sub.presence.apply(msg)
             elif isinstance(msg, ErrorMessage):
                 self._error(msg, on_wire)
             elif isinstance(msg, Pong):

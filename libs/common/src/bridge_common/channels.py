@@ -60,6 +60,24 @@ class Channels:
         assign ids (`EventPublisher`); the notifier's explicit ids need none."""
         return self._topic_key(topic, "dedupe")
 
+    # -- presence (hash tag = topic: one slot per topic, so one script sees it all) ----
+    def presence_members(self, topic: str, replica: str) -> str:
+        """Hash `conn` → member entry JSON (plus `#seq`) of one gateway replica on a topic;
+        its TTL is the replica's lease, renewed with each heartbeat."""
+        return self._topic_key(topic, f"presence:m:{replica}")
+
+    def presence_members_prefix(self, topic: str) -> str:
+        """`presence_members(topic, r)` is this prefix followed by `r`."""
+        return self._topic_key(topic, "presence:m:")
+
+    def presence_index(self, topic: str) -> str:
+        """Sorted set replica → lease deadline (Redis clock, ms) of replicas with members."""
+        return self._topic_key(topic, "presence")
+
+    def presence_live(self, topic: str) -> str:
+        """Pub/sub channel (SPUBLISH on a cluster) of the topic's member changes."""
+        return self._topic_key(topic, "presence-live")
+
     # -- suite-wide registries (hash tag = namespace) ----------------------------------
     def _global(self, suffix: str) -> str:
         return f"{{{self.namespace}}}:{suffix}"
@@ -78,6 +96,16 @@ class Channels:
     def heartbeats(self) -> str:
         """Pub/sub channel every heartbeat is also published on."""
         return self._global("heartbeats")
+
+    def presence_replica(self, replica: str) -> str:
+        """Hash of one gateway replica's live figures: `#connections` and, per topic
+        `t:<topic>`, its subscriptions (listed or not). TTL = the replica's lease."""
+        return self._global(f"presence:replica:{replica}")
+
+    @property
+    def presence_replicas(self) -> str:
+        """Sorted set replica → lease deadline (Redis clock, ms) of `presence_replica` keys."""
+        return self._global("presence:replicas")
 
     def leader(self, role: str) -> str:
         """Lease key: the holder is the one active instance of `role`."""

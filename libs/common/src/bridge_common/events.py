@@ -121,6 +121,8 @@ class Subscribe(msgspec.Struct, tag_field="type", tag="subscribe", forbid_unknow
     topic: str
     filter: Filter | None = None
     since: str | None = None
+    #: also send `presence` frames (who else is subscribed to the topic)
+    presence: bool = False
 
 
 class Unsubscribe(msgspec.Struct, tag_field="type", tag="unsubscribe", forbid_unknown_fields=True):
@@ -163,7 +165,33 @@ class ErrorMessage(msgspec.Struct, tag_field="type", tag="error", omit_defaults=
     topic: str | None = None
 
 
-ServerMessage = Event | Subscribed | Pong | ErrorMessage
+class PresenceEntry(msgspec.Struct):
+    """One connection present on a topic: the token's `sub`, an opaque connection id and
+    the token's `info` claim (or null)."""
+
+    sub: str
+    conn: str
+    info: Any = None
+
+
+class Presence(msgspec.Struct, tag_field="type", tag="presence", kw_only=True):
+    """Who joined and left a topic since the previous frame (the first one: everyone).
+
+    `full` marks a frame whose `joins` is the whole list (it replaces what the client
+    knew); `connections`/`subs` count every visible connection and distinct `sub` even
+    when the list is `truncated` at the gateway's cap.
+    """
+
+    topic: str
+    joins: list[PresenceEntry] = []
+    leaves: list[PresenceEntry] = []
+    full: bool = False
+    connections: int = 0
+    subs: int = 0
+    truncated: bool = False
+
+
+ServerMessage = Event | Subscribed | Pong | ErrorMessage | Presence
 _server_decoder = msgspec.json.Decoder(ServerMessage)
 
 

@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
                     "backlog": 4096,
                 },
             )
+            gateway.presence.bind(svc.instance)
             app.router.routes.extend(svc.health_routes())
             svc.use_redis(redis)
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import jwt
 
@@ -24,6 +25,9 @@ class Principal:
     sub: str
     topics: frozenset[str] | None
     exp: float | None = None
+    #: the `presence` claim (False: never listed) and the `info` claim (any JSON), as given
+    presence: object = field(default=None, compare=False)
+    info: Any = field(default=None, compare=False)
 
     def may_read(self, topic: str) -> bool:
         return self.topics is None or topic in self.topics
@@ -105,4 +109,10 @@ class Authenticator:
                 f"lifetime ({int(self.max_lifetime)} s)"
             )
         allowed = None if "*" in topics else frozenset(topics)
-        return Principal(sub, allowed, float(exp))
+        return Principal(
+            sub,
+            allowed,
+            float(exp),
+            presence=claims.get("presence"),
+            info=claims.get("info"),
+        )

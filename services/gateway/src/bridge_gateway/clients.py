@@ -266,6 +266,16 @@ class Client:
         else:
             self._append(encoded.decode())
 
+    def send_shared(self, encoded: bytes, frame: bytes) -> None:
+        """A control message sent to many clients: `frame` is its WebSocket frame, built
+        once by the caller (presence frames: encode once, send many)."""
+        if self.close_code is not None:
+            return
+        if self.sink is not None:
+            self._write(frame)
+        else:
+            self.send_message(encoded)
+
     def send_error(self, err: GatewayError) -> None:
         from .protocol import encode_error
 

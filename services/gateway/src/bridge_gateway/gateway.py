@@ -28,6 +28,7 @@ from .clients import GOING_AWAY, POLICY_VIOLATION, Client, Limits, Transport
 from .cors import cors_headers, origin_listed
 from .history import REDIS_CONCURRENCY, History
 from .hub import Hub
+from .presence_redis import PresenceTracker
 from .settings import Settings
 
 log = get_logger(__name__)
@@ -128,6 +129,15 @@ class Gateway:
         )
         self.origins = settings.origins
         self.clients: set[Client] = set()
+        self.presence = PresenceTracker(
+            redis,
+            pubsub_redis,
+            self.channels,
+            cap=settings.presence_max_list,
+            max_info_bytes=settings.presence_max_info_bytes,
+            heartbeat=settings.heartbeat_interval,
+            connections=lambda: len(self.clients),
+        )
         self.stopping = False
         self._gone = asyncio.Event()
 
@@ -164,6 +174,7 @@ class Gateway:
         if client in self.clients:
             self.clients.discard(client)
             metrics.CONNECTIONS.labels(client.transport).dec()
+        self.presence.forget(client)
         if not self.clients:
             self._gone.set()
 
@@ -174,6 +185,7 @@ class Gateway:
             "subscriptions": self.hub.subscriptions,
             "topics": len(self.hub.feeds),
             "redis_live": self.hub.connected.is_set(),
+            **self.presence.status(),
         }
 
     def count_replayed(self, n: int) -> None:
@@ -186,6 +198,7 @@ class Gateway:
     async def run(self, stop: asyncio.Event) -> None:
         """Worker: the hub until `stop`, then send every client away (1001) in order."""
         hub_task = asyncio.create_task(self.hub.run(stop), name="hub")
+        presence_task = asyncio.create_task(self.presence.run(stop), name="presence")
         try:
             await stop.wait()
             self.stopping = True
@@ -200,3 +213,5 @@ class Gateway:
                 client.cut(GOING_AWAY, "going away", reason_label="shutdown")
         finally:
             await hub_task
+            await presence_task
+            await self.presence.close()

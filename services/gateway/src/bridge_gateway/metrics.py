@@ -37,3 +37,14 @@ FANOUT_LATENCY = Histogram(
     "From the event's append to its stream (Redis clock) to queued on every matching client",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+PRESENCE_FRAMES = Counter(
+    "bridge_gateway_presence_frames_total", "Presence frames built (each sent to every watcher)"
+)
+PRESENCE_WRITES = Counter(
+    "bridge_gateway_presence_writes_total",
+    "Presence changes written to Redis (one per topic batch)",
+)
+PRESENCE_INFO_DROPPED = Counter(
+    "bridge_gateway_presence_info_dropped_total",
+    "Clients listed with info null because their token's info claim was too large",
+)

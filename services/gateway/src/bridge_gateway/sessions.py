@@ -73,7 +73,7 @@ class Session:
             return
         try:
             if isinstance(msg, Subscribe):
-                self.subscribe(msg.topic, msg.filter, msg.since)
+                self.subscribe(msg.topic, msg.filter, msg.since, presence=msg.presence)
             elif isinstance(msg, Unsubscribe):
                 self.unsubscribe(msg.topic)
             elif isinstance(msg, Ping):
@@ -83,7 +83,12 @@ class Session:
 
     # -- operations ---------------------------------------------------------------------
     def subscribe(
-        self, topic: Any, filter_spec: Any = None, since: str | None = None
+        self,
+        topic: Any,
+        filter_spec: Any = None,
+        since: str | None = None,
+        *,
+        presence: bool = False,
     ) -> Subscription:
         """Validate synchronously (raises GatewayError), then go live in a task."""
         try:
@@ -113,7 +118,7 @@ class Session:
             )
         sub = Subscription(self.client, topic, row_filter)
         self.subs[topic] = sub
-        task = asyncio.get_running_loop().create_task(self._open(sub, since_id))
+        task = asyncio.get_running_loop().create_task(self._open(sub, since_id, presence))
         sub.task = task
         task.add_done_callback(lambda _: _forget_task(sub, task))
         return sub
@@ -125,6 +130,7 @@ class Session:
         if sub.task is not None and not sub.task.done():
             sub.task.cancel("unsubscribed")
         self.gw.hub.detach(sub)
+        self.gw.presence.leave(self.client, topic)
 
     def close_now(self) -> list[asyncio.Task[None]]:
         """Drop every subscription at once; returns the tasks that were cancelled."""
@@ -139,7 +145,7 @@ class Session:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- going live -----------------------------------------------------------------------
-    async def _open(self, sub: Subscription, since: EventId | None) -> None:
+    async def _open(self, sub: Subscription, since: EventId | None, presence: bool) -> None:
         topic = sub.topic
         client = self.client
         try:
@@ -151,6 +157,7 @@ class Session:
             if since is None:
                 client.send_message(encode_subscribed(topic, False), sse_event="subscribed")
                 sub.go_live(None)
+                self.gw.presence.join(client, topic, watch=presence)
                 return
             last = since
             lost: HistoryLost | None = None
@@ -171,6 +178,7 @@ class Session:
                 client.send_error(lost)
             client.send_message(encode_subscribed(topic, lost is None), sse_event="subscribed")
             sub.go_live(last)
+            self.gw.presence.join(client, topic, watch=presence)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - Redis trouble: tell the client, keep the process

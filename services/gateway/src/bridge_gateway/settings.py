@@ -96,6 +96,16 @@ class Settings(BridgeSettings):
         default=0.1, gt=0, le=60, validation_alias="BRIDGE_GATEWAY_REDIS_RETRY"
     )
 
+    #: presence entries a frame or `GET /presence/{topic}` lists per topic at most (the
+    #: counts stay exact past it; the list then says `"truncated": true`)
+    presence_max_list: int = Field(
+        default=1_000, ge=1, le=100_000, validation_alias="BRIDGE_PRESENCE_MAX_LIST"
+    )
+    #: largest token `info` claim (encoded JSON bytes) shown in presence; larger → null
+    presence_max_info_bytes: int = Field(
+        default=1_024, ge=0, le=65_536, validation_alias="BRIDGE_PRESENCE_MAX_INFO_BYTES"
+    )
+
     @field_validator("jwt_secret")
     @classmethod
     def _check_secret(cls, v: SecretStr | None) -> SecretStr | None:

@@ -3,10 +3,14 @@
 Every service instance writes its heartbeat into the hash `Channels.services`; an
 instance that missed three heartbeats is *down*, and once its last heartbeat is older than
 `BRIDGE_HEARTBEAT_EXPIRY` it is *gone*: not listed, not counted, and removed from the hash
-(`bridge_common.liveness`). Gateway connections are summed over every
-gateway that is up; the notifier's lag and backlog come from the instance that holds the
-leader lease; ETL lag is the largest over the ETL workers that are up. Alert state is the
-alerter's hash `Channels.alert_state`. Entries that do not parse are skipped, never fatal.
+(`bridge_common.liveness`). Gateway connections come from the
+gateways' presence leases (`Channels.presence_replica`: per replica its connections and
+its subscriptions per topic, dropped by Redis when the lease runs out) — the same source
+presence lists are built from; only when no gateway writes one (older gateways) are the
+heartbeats' `connections` summed instead. The notifier's lag and backlog come from the
+instance that holds the leader lease; ETL lag is the largest over the ETL workers that
+are up. Alert state is the alerter's hash `Channels.alert_state`. Entries that do not
+parse are skipped, never fatal.
 """
 
 from __future__ import annotations
@@ -115,6 +119,59 @@ async def instances(
 
 
 @dataclass(frozen=True, slots=True)
+class GatewayPresence:
+    """Live gateway connections per replica, and subscriptions per topic per replica."""
+
+    replicas: dict[str, int]
+    topics: dict[str, dict[str, int]]
+
+    @property
+    def connections(self) -> int:
+        return sum(self.replicas.values())
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "replicas": dict(sorted(self.replicas.items())),
+            "topics": {
+                topic: {"subscriptions": sum(by.values()), "replicas": dict(sorted(by.items()))}
+                for topic, by in sorted(self.topics.items())
+            },
+        }
+
+
+def _str(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+async def gateway_presence(client: AnyRedis, channels: Channels) -> GatewayPresence:
+    """Every gateway replica whose lease is current, with its figures (see module doc)."""
+    secs, micros = await client.time()
+    now_ms = int(secs) * 1000 + int(micros) // 1000
+    names = await client.zrangebyscore(
+        channels.presence_replicas, now_ms, "+inf", start=0, num=MAX_ENTRIES
+    )
+    replicas: dict[str, int] = {}
+    topics: dict[str, dict[str, int]] = {}
+    for raw_name in names:
+        name = _str(raw_name)
+        summary: dict[Any, Any] = await client.hgetall(channels.presence_replica(name))
+        if not summary:
+            continue  # the lease ran out between the two reads
+        for raw_field, raw_value in summary.items():
+            field = _str(raw_field)
+            try:
+                value = int(raw_value)
+            except ValueError:
+                continue
+            if field == "#connections":
+                replicas[name] = value
+            elif field.startswith("t:"):
+                topics.setdefault(field[2:], {})[name] = value
+        replicas.setdefault(name, 0)
+    return GatewayPresence(replicas, topics)
+
+
+@dataclass(frozen=True, slots=True)
 class LiveFigures:
     gateway_connections: int
     gateway_instances: int
@@ -128,12 +185,18 @@ class LiveFigures:
     services_down: int
     #: service name → instances that are up (services with none are absent)
     instances_up: dict[str, int]
+    #: per replica and per topic, when gateways write presence leases
+    gateway_presence: GatewayPresence | None = None
 
 
-def figures(found: list[Instance]) -> LiveFigures:
+def figures(found: list[Instance], presence: GatewayPresence | None = None) -> LiveFigures:
     up = [i for i in found if i.up]
     gateways = [i for i in up if i.hb.service == "gateway"]
-    connections = sum(int(number(i.hb.status.get("connections")) or 0) for i in gateways)
+    if presence is not None and presence.replicas:
+        connections = presence.connections
+    else:
+        presence = None
+        connections = sum(int(number(i.hb.status.get("connections")) or 0) for i in gateways)
     notifiers = [i for i in up if i.hb.service == "notifier"]
     leaders = [i for i in notifiers if i.hb.status.get("leader") is True]
     # the leader relays; standbys' figures are stale copies — fall back to the worst one
@@ -154,6 +217,7 @@ def figures(found: list[Instance]) -> LiveFigures:
         services_up=len(up),
         services_down=len(found) - len(up),
         instances_up=dict(Counter(i.hb.service for i in up)),
+        gateway_presence=presence,
     )
 
 

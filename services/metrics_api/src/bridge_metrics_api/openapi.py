@@ -95,6 +95,24 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {
                     "connections": {**_INT, "description": "sum over every live gateway"},
                     "instances": {**_INT, "description": "gateways whose heartbeat is fresh"},
+                    "replicas": {
+                        "type": "object",
+                        "additionalProperties": _INT,
+                        "description": "open connections per gateway replica (from its "
+                        "presence lease; absent when no gateway writes one)",
+                    },
+                    "topics": {
+                        "type": "object",
+                        "description": "per topic: subscriptions (listed in presence or "
+                        "hidden) in total and per replica",
+                        "additionalProperties": {
+                            "type": "object",
+                            "properties": {
+                                "subscriptions": _INT,
+                                "replicas": {"type": "object", "additionalProperties": _INT},
+                            },
+                        },
+                    },
                 },
             },
             "notifier": {

@@ -81,7 +81,12 @@ class Overview:
             "corrections": None if self.audit is None else {"count_1h": self.audit.corrections_1h},
             "gateway": None
             if lf is None
-            else {"connections": lf.gateway_connections, "instances": lf.gateway_instances},
+            else {
+                "connections": lf.gateway_connections,
+                "instances": lf.gateway_instances,
+                # per replica and per topic: from the gateways' presence leases
+                **({} if lf.gateway_presence is None else lf.gateway_presence.as_json()),
+            },
             "notifier": None
             if lf is None
             else {
@@ -114,11 +119,13 @@ async def collect(src: Sources, now: datetime | None = None) -> Overview:
             "redis", live.instances(src.redis, src.channels, now.timestamp(), src.heartbeat_expiry)
         ),
         src.bounded("redis", live.firing_alerts(src.redis, src.channels)),
+        src.bounded("redis", live.gateway_presence(src.redis, src.channels)),
         return_exceptions=True,
     )
     errors: dict[str, str] = {}
     values: list[Any] = []
-    for name, result in zip(("intents", "audit", "services", "alerts"), results, strict=True):
+    names = ("intents", "audit", "services", "alerts", "presence")
+    for name, result in zip(names, results, strict=True):
         if isinstance(result, Unavailable):
             errors[name] = str(result)
             values.append(None)
@@ -126,12 +133,14 @@ async def collect(src: Sources, now: datetime | None = None) -> Overview:
             raise result
         else:
             values.append(result)
-    intent_counts, windows, found, alerts = values
+    intent_counts, windows, found, alerts, presence = values
+    # presence is a refinement of the heartbeats: without it the heartbeats still count
+    errors.pop("presence", None)
     return Overview(
         ts=now,
         intents=intent_counts,
         audit=windows,
-        live=None if found is None else live.figures(found),
+        live=None if found is None else live.figures(found, presence),
         instances=found or [],
         alerts=alerts,
         errors=errors,

@@ -18,6 +18,13 @@
 // resume from) reaches onError as a HistoryLost; the subscription then carries on live.
 // An event with op "truncate" (key "", data {}) means the table was emptied: drop every row
 // held for the topic. A composite primary key arrives as JSON array text: JSON.parse(key).
+//
+// Presence (WebSocket): `client.subscribe(topic, { presence: true, onPresence })` keeps
+// `sub.presence` (a Map conn -> {sub, conn, info}) and `sub.presenceCounts` ({connections,
+// subs, truncated}) as the gateway reports them; onPresence(change, sub) gets each change
+// ({joins, leaves, full, connections, subs, truncated}); a `full` one replaces the list (the
+// first frame, and after every reconnect). `await client.presence(topic)` reads it over HTTP
+// ({topic, present, connections, subs, truncated}) whatever the transport.
 
 export class BridgeClientError extends Error {
   constructor(code, message, topic = null) {
@@ -80,7 +87,11 @@ class Schedule {
 const AUTH_STATUSES = new Set([401, 403]);
 
 class Subscription {
-  constructor(client, topic, { filter = null, since = null, onEvent, onError, onLive } = {}) {
+  constructor(
+    client,
+    topic,
+    { filter = null, since = null, onEvent, onError, onLive, presence = false, onPresence } = {},
+  ) {
     this.client = client;
     this.topic = topic;
     this.filter = filter;
@@ -98,6 +109,13 @@ class Subscription {
     this._onEvent = onEvent || (() => {});
     this._onError = onError || ((err) => console.warn("bridge client:", err));
     this._onLive = onLive || (() => {});
+    this.wantsPresence = !!presence;
+    /** conn -> {sub, conn, info}; null unless subscribed with presence: true */
+    this.presence = presence ? new Map() : null;
+    this.presenceCounts = { connections: 0, subs: 0, truncated: false };
+    /** true once the whole list arrived on the current connection */
+    this.presenceReady = false;
+    this._onPresence = onPresence || (() => {});
     this._source = null; // EventSource in SSE mode
     this._sse = null; // its schedule
     this._timer = null;
@@ -145,6 +163,30 @@ class Subscription {
       this._onLive(recovered);
     } catch (err) {
       console.error("bridge client: onLive threw", err);
+    }
+  }
+
+  _presence(msg) {
+    if (!this.presence) return;
+    if (msg.full) this.presence.clear();
+    for (const e of msg.leaves || []) this.presence.delete(e.conn);
+    for (const e of msg.joins || []) this.presence.set(e.conn, e);
+    this.presenceCounts = {
+      connections: msg.connections ?? this.presence.size,
+      subs: msg.subs ?? new Set([...this.presence.values()].map((e) => e.sub)).size,
+      truncated: !!msg.truncated,
+    };
+    this.presenceReady = true;
+    const change = {
+      joins: msg.joins || [],
+      leaves: msg.leaves || [],
+      full: !!msg.full,
+      ...this.presenceCounts,
+    };
+    try {
+      this._onPresence(change, this);
+    } catch (err) {
+      console.error("bridge client: onPresence threw", err);
     }
   }
 
@@ -205,7 +247,8 @@ export class BridgeClient {
     if (this.options.transport === "sse") this.transport = "sse";
   }
 
-  /** Subscribe; callbacks: onEvent(event), onError(err), onLive(recovered). */
+  /** Subscribe; callbacks: onEvent(event), onError(err), onLive(recovered),
+   *  onPresence(change, sub) with `presence: true`. */
   subscribe(topic, opts = {}) {
     if (this._closed) throw new BridgeClientError("closed", "client is closed");
     if (this.fatal) throw this.fatal;
@@ -221,6 +264,34 @@ export class BridgeClient {
 
   get subscriptions() {
     return [...this._subs.values()];
+  }
+
+  /** Who is subscribed to `topic` on every gateway now: {topic, present, connections, subs,
+   *  truncated}; `{count: true}`: only {topic, connections, subs}. Throws BridgeClientError. */
+  async presence(topic, { count = false } = {}) {
+    const u = new URL(`${this.httpBase}/presence/${encodeURIComponent(topic)}`);
+    if (count) u.searchParams.set("count", "1");
+    const token = await this._getToken();
+    // the token goes in the query, as for EventSource: an Authorization header would make a
+    // cross-origin request need a preflight
+    if (token) u.searchParams.set("token", token);
+    let r;
+    try {
+      r = await fetch(u, { headers: { Accept: "application/json" } });
+    } catch (err) {
+      throw new BridgeClientError("unavailable", String(err), topic);
+    }
+    let body = null;
+    try {
+      body = await r.json();
+    } catch (err) {
+      body = null;
+    }
+    if (!r.ok) {
+      const code = (body && body.code) || `http_${r.status}`;
+      throw new BridgeClientError(code, (body && body.message) || r.statusText, topic);
+    }
+    return body;
   }
 
   close() {
@@ -315,6 +386,7 @@ export class BridgeClient {
       sub._sentSince = since;
       sub._requested = true;
       if (since !== null) msg.since = since;
+      if (sub.wantsPresence) msg.presence = true;
       this._onWire.set(topic, sub);
       ws.send(JSON.stringify(msg));
     }
@@ -376,7 +448,10 @@ export class BridgeClient {
       if (this._ws !== ws) return;
       this._ws = null;
       clearInterval(this._pinger);
-      for (const sub of this._subs.values()) sub.live = false;
+      for (const sub of this._subs.values()) {
+        sub.live = false;
+        sub.presenceReady = false;
+      }
       if (this._closed) return;
       if (opened) {
         this._schedule.disconnected();
@@ -417,6 +492,8 @@ export class BridgeClient {
       if (sub && sub.active) sub._deliver(msg);
     } else if (msg.type === "subscribed") {
       if (sub) sub._setLive(!!msg.recovered);
+    } else if (msg.type === "presence") {
+      if (sub && sub.active) sub._presence(msg);
     } else if (msg.type === "error") {
       if (!sub) {
         console.warn("bridge client: gateway error", msg.code, msg.message);

@@ -113,8 +113,14 @@
     }
     if (ov.gateway) {
       const g = ov.gateway;
+      // per topic (from the gateways' presence leases, the same source as the total)
+      const topics = Object.entries(g.topics || {})
+        .sort((x, y) => y[1].subscriptions - x[1].subscriptions)
+        .slice(0, 3)
+        .map(([t, v]) => t + " " + fmtInt(v.subscriptions));
       tile("connections", fmtInt(g.connections), g.instances + " gateway" +
-        (g.instances === 1 ? "" : "s") + " up", g.instances > 0 ? "ok" : "warn");
+        (g.instances === 1 ? "" : "s") + " up" + (topics.length ? " · " + topics.join(" · ") : ""),
+        g.instances > 0 ? "ok" : "warn");
     }
     if (ov.notifier) {
       const n = ov.notifier;
