@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 from playwright.sync_api import Browser, Page, sync_playwright
@@ -26,6 +25,7 @@ from tests.metrics_api.seed import (
     put_alert_states,
     put_heartbeats,
 )
+from tests.support.ops import login_url, ops_get
 from tests.support.processes import ServiceProcess
 
 CHROMIUM = os.environ.get("BRIDGE_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -143,9 +143,9 @@ def test_dashboard_shows_live_data_without_console_errors(
     dashboard, page, db, tmp_path: Path
 ) -> None:
     p, problems = page
-    p.goto(dashboard.url + "/", wait_until="load")
+    p.goto(login_url(dashboard.url), wait_until="load")
     p.wait_for_selector("body[data-loaded='1']", timeout=15_000)
-    overview = httpx.get(dashboard.url + "/api/v1/dashboard/overview").json()
+    overview = ops_get(dashboard.url + "/api/v1/dashboard/overview").json()
 
     # tiles show the API's figures
     assert text(p, "#t-connections") == "41"
@@ -184,7 +184,7 @@ def test_dashboard_shows_live_data_without_console_errors(
 
 def test_dashboard_range_switch_and_api_outage(dashboard, page) -> None:
     p, problems = page
-    p.goto(dashboard.url + "/", wait_until="load")
+    p.goto(login_url(dashboard.url), wait_until="load")
     p.wait_for_selector("body[data-loaded='1']", timeout=15_000)
     p.click("#range button[data-range='24h']")
     wait_until(lambda: p.locator("#chart svg g.bar").count() >= 96)
@@ -222,13 +222,13 @@ def test_dashboard_live_events_over_a_real_gateway(
     sockets: list[str] = []
     p.on("request", lambda req: requested.append(req.url))
     p.on("websocket", lambda ws: sockets.append(ws.url))
-    p.goto(live_api.url + "/", wait_until="load")
+    p.goto(login_url(live_api.url), wait_until="load")
     p.wait_for_selector("body[data-loaded='1']", timeout=15_000)
     wait_until(lambda: "gateway" in text(p, "#conn"))
     # the page loaded the gateway's browser client, and that client opened the one socket
     assert gw.url + "/client.js" in requested
     assert sockets == [gw.url.replace("http://", "ws://") + "/ws"]
-    csp = httpx.get(live_api.url + "/").headers["content-security-policy"]
+    csp = ops_get(live_api.url + "/").headers["content-security-policy"]
     assert f"script-src 'self' {gw.url};" in csp
     assert f"connect-src 'self' {gw.url} {gw.url.replace('http://', 'ws://')};" in csp
 
@@ -283,7 +283,7 @@ def test_dashboard_polls_when_the_gateway_client_cannot_be_loaded(
     p, problems = page
     infos: list[str] = []
     p.on("console", lambda m: infos.append(m.text) if m.type == "info" else None)
-    p.goto(api.url + "/", wait_until="load")
+    p.goto(login_url(api.url), wait_until="load")
     p.wait_for_selector("body[data-loaded='1']", timeout=15_000)
     wait_until(lambda: any("gateway client not loaded" in m for m in infos))
     before = int(text(p, "#t-events").replace(",", ""))

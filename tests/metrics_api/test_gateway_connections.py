@@ -8,8 +8,9 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
-import httpx
 from websockets.sync.client import ClientConnection, connect
+
+from tests.support.ops import ops_get
 
 
 def wait_for(fetch: Callable[[], Any], want: Callable[[Any], bool], timeout: float = 15.0) -> Any:
@@ -41,7 +42,7 @@ def test_overview_counts_websocket_clients_across_two_gateways(
     api = spawn("metrics_api", {**env, "BRIDGE_SNAPSHOT_INTERVAL": "0.5"})
 
     def gateway() -> dict[str, Any]:
-        body = httpx.get(api.url + "/api/v1/dashboard/overview", timeout=10).json()
+        body = ops_get(api.url + "/api/v1/dashboard/overview", timeout=10).json()
         return {**body["gateway"], "down": body["services"]["down"]}
 
     assert wait_for(gateway, lambda g: g["instances"] == 2)["connections"] == 0
