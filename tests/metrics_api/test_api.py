@@ -515,7 +515,11 @@ def test_openapi_describes_every_endpoint(api, seeded) -> None:
         "/api/v1/dashboard/timeline",
         "/api/v1/dashboard/corrections",
         "/api/v1/services",
+        "/api/v1/gateway-token",
     }
+    for path, item in doc["paths"].items():  # every one needs ops credentials
+        assert {"401", "403"} <= set(item["get"]["responses"]), path
+    assert set(doc["components"]["securitySchemes"]) == {"opsToken", "opsSession"}
     params = {p["name"]: p for p in doc["paths"][TL]["get"]["parameters"]}
     assert params["bucket"]["schema"]["enum"] == ["1m", "5m", "15m", "1h", "1d"]
     assert "422" in doc["paths"][CO]["get"]["responses"]
