@@ -99,8 +99,8 @@ def verify(
         raise jwt.InvalidTokenError(
             f"'exp' is further ahead than the maximum token lifetime ({int(max_lifetime)} s)"
         )
-    if not isinstance(claims["sub"], str) or not claims["sub"]:
-        raise jwt.InvalidTokenError("'sub' must be a non-empty string")
+    if not isinstance(claims["sub"], str):
+        raise jwt.InvalidTokenError("'sub' must be a string")
     return claims
 
 
