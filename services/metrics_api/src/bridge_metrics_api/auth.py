@@ -41,6 +41,10 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from . import params
+from .api import error_response
+from .errors import InvalidParameter
+
 log = get_logger(__name__)
 
 OPS_SCOPE = "ops"
@@ -313,11 +317,10 @@ class Sessions:
         return response
 
     async def gateway_token(self, request: Request) -> Response:
-        if request.query_params:
-            return _json(
-                {"error": "invalid_parameter", "message": "this endpoint takes no parameters"},
-                422,
-            )
+        try:
+            params.no_params([k for k, _ in request.query_params.multi_items()])
+        except InvalidParameter as exc:
+            return error_response(exc)
         if not self.auth.mints_gateway_tokens:
             return _json(
                 {

@@ -380,7 +380,9 @@ def openapi_document() -> dict[str, Any]:
                             "No `BRIDGE_JWT_SECRET` (only with `BRIDGE_METRICS_AUTH=disabled`)",
                             "Error",
                         ),
-                        "422": _json("A query parameter was given (none are taken)", "Error"),
+                        "422": _json(
+                            "A query parameter was given (none are taken)", "InvalidParameter"
+                        ),
                     },
                 }
             },
