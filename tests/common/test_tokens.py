@@ -37,12 +37,12 @@ def test_mint_then_verify_with_rotation() -> None:
     ("claims", "needle"),
     [
         ({"sub": "x"}, "exp"),
-        ({"exp": time.time() + 60}, "sub"),
+        ({"exp": time.time() + 3600}, "sub"),
         ({"sub": "x", "exp": "9999999999"}, "exp"),
         ({"sub": "x", "exp": True}, "exp"),
-        ({"sub": 7, "exp": time.time() + 60}, "sub"),
+        ({"sub": 7, "exp": time.time() + 3600}, "sub"),
         ({"sub": "x", "exp": time.time() + 90_000}, "maximum token lifetime"),
-        ({"sub": "x", "exp": time.time() + 60, "aud": "bridge-ops-session"}, "audience"),
+        ({"sub": "x", "exp": time.time() + 3600, "aud": "bridge-ops-session"}, "audience"),
     ],
 )
 def test_refusals(claims: dict[str, object], needle: str) -> None:
