@@ -37,6 +37,8 @@ from bridge_metrics_api import planner
 
 from bench.report import write_section
 from tests.support import infra
+from tests.support.ops import ops_headers
+from tests.support.suite import JWT_SECRET
 
 ROLLUPS = (
     "audit_logs_1m",
@@ -150,7 +152,9 @@ async def load(url: Callable[[], str], seconds: float, concurrency: int) -> dict
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+    # one ops token for the run: the server verifies it on every request, as in production
+    headers = ops_headers()
+    async with httpx.AsyncClient(limits=limits, timeout=30, headers=headers) as client:
         for _ in range(5):  # warm up: connections, prepared statements
             await client.get(url())
         stop_at = time.perf_counter() + seconds
@@ -280,6 +284,7 @@ def serve_and_load(
         "BRIDGE_METRICS_API_PORT": str(port),
         "BRIDGE_HOST": "127.0.0.1",
         "BRIDGE_LOG_LEVEL": "warning",
+        "BRIDGE_JWT_SECRET": JWT_SECRET,
         **extra,
     }
     base = f"http://127.0.0.1:{port}"
@@ -301,7 +306,7 @@ def serve_and_load(
                     print(out.read().decode()[-3000:])
                     return None
                 time.sleep(0.2)
-            check = httpx.get(questions[-1].url(base), timeout=30)
+            check = httpx.get(questions[-1].url(base), timeout=30, headers=ops_headers())
             if check.status_code != 200:
                 log(f"{questions[-1].label}: HTTP {check.status_code} {check.text[:300]}")
                 return None

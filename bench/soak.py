@@ -31,6 +31,7 @@ from bench.report import write_section
 from bench.soak_sampler import Sample, Series, chart, p99, rss_mb, rss_trend
 from tests.support import infra
 from tests.support.cluster import LocalRedisCluster
+from tests.support.ops import OPS
 from tests.support.suite import Suite, make_token, suite_env
 from tests.support.workload import SseConsumer, Writer, WsConsumer, audit_ids_for
 
@@ -166,7 +167,7 @@ async def soak(
     cursors: dict[int, int] = {}
     api = suite.url("metrics-api") if "metrics-api" in started else None
     async with (
-        httpx.AsyncClient(timeout=5) as http,
+        httpx.AsyncClient(timeout=5, auth=OPS) as http,  # the metrics API wants an ops token
         await psycopg.AsyncConnection.connect(dsn, autocommit=True) as db,
     ):
         while time.time() - t0 < duration:

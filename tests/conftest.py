@@ -11,6 +11,7 @@ import pytest
 
 from tests.support import infra, timescale
 from tests.support.processes import ServiceProcess
+from tests.support.suite import JWT_SECRET
 
 
 @pytest.fixture(scope="session")
@@ -92,6 +93,9 @@ def bridge_env(db_dsn: str, redis_url: str, namespace: str) -> dict[str, str]:
         "BRIDGE_LOG_LEVEL": "info",
         "BRIDGE_HEARTBEAT_INTERVAL": "0.5",
         "BRIDGE_AUTH": "disabled",
+        # the gateway ignores it with BRIDGE_AUTH=disabled; the metrics API verifies ops
+        # tokens with it (tests.support.ops)
+        "BRIDGE_JWT_SECRET": JWT_SECRET,
     }
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import psycopg
+
+from tests.support.ops import ops_get
 
 from .conftest import rules_yaml, wait_until
 
@@ -40,7 +41,7 @@ def test_metrics_api_snapshot_drives_the_alert(
         assert notice["summary"] == "4 intents failed in the last 5 minutes"
         # the dashboard reads the alerter's state
         firing = wait_until(
-            lambda: httpx.get(api.url + "/api/v1/dashboard/overview").json()["alerts"]["firing"],
+            lambda: ops_get(api.url + "/api/v1/dashboard/overview").json()["alerts"]["firing"],
             what="overview lists the alert",
         )
         assert [(a["rule"], a["fingerprint"]) for a in firing] == [

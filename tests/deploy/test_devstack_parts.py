@@ -82,6 +82,10 @@ def test_secret_is_private_and_reused_and_tokens_verify(tmp_path: Path) -> None:
     assert claims["topics"] == ["*"] and claims["sub"] == "demo" and claims["exp"] > claims["iat"]
     narrow = tokens.mint(secret, subject="dashboard", topics=["audit_logs", "alerts"])
     assert jwt.decode(narrow, secret, algorithms=["HS256"])["topics"] == ["audit_logs", "alerts"]
+    # the login link's token: ops scope, within the services' 24 h maximum lifetime
+    ops = jwt.decode(tokens.mint_ops(secret), secret, algorithms=["HS256"])
+    assert ops["scope"] == "ops" and ops["sub"] == "ops" and "topics" not in ops
+    assert 0 < ops["exp"] - ops["iat"] <= 24 * 3600
 
 
 def test_stack_env_round_trips_awkward_values(tmp_path: Path) -> None:

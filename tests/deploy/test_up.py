@@ -187,8 +187,15 @@ def first_run(data_dir: Path, up_env: dict[str, str]) -> Iterator[dict[str, obje
             var: httpx.get(service_url(up_env, var) + "/readyz", timeout=5).status_code
             for var in SERVICE_PORT_VARS
         }
-        dashboard = httpx.get(service_url(up_env, "BRIDGE_METRICS_API_PORT") + "/", timeout=5)
-        facts["dashboard"] = (dashboard.status_code, dashboard.headers.get("content-type", ""))
+        api = service_url(up_env, "BRIDGE_METRICS_API_PORT")
+        facts["dashboard_anonymous"] = httpx.get(api + "/", timeout=5).status_code
+        # the printed login link, opened as a browser would: session cookie, then the page
+        link = next(w for w in up.output().split() if "/login?token=" in w)
+        facts["link"] = link
+        with httpx.Client(timeout=5, follow_redirects=True) as browser:
+            dashboard = browser.get(link, headers={"Accept": "text/html"})
+            facts["dashboard"] = (dashboard.status_code, dashboard.headers.get("content-type", ""))
+            facts["gateway_token"] = browser.get(api + "/api/v1/gateway-token").status_code
         facts["sse"] = run_printed_curl(curl)
         facts["tree"] = [p.pid for p in up.tree()]
         pg_pid = int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
@@ -211,6 +218,10 @@ def test_empty_folder_becomes_ready(first_run: dict[str, object]) -> None:
         assert what in banner
     status, content_type = first_run["dashboard"]  # type: ignore[misc]
     assert status == 200 and content_type.startswith("text/html")
+    # the dashboard wants a login; the banner's link is one (and gets the page its token)
+    assert first_run["dashboard_anonymous"] == 401
+    assert str(first_run["link"]).startswith("http://127.0.0.1:")
+    assert first_run["gateway_token"] == 200
 
 
 def test_printed_curl_shows_live_events(first_run: dict[str, object]) -> None:

@@ -32,6 +32,7 @@ from schemathesis import GenerationMode
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
+from tests.support.ops import OPS, ops_headers
 from tests.support.processes import ServiceProcess
 from tests.support.suite import JWT_SECRET, make_token
 
@@ -82,7 +83,7 @@ def metrics_api(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_metrics_api_schema_fuzz_never_5xx(metrics_api: str, mode: GenerationMode) -> None:
-    schema = schemathesis.openapi.from_url(metrics_api + "/openapi.json")
+    schema = schemathesis.openapi.from_url(metrics_api + "/openapi.json", headers=ops_headers())
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {
         "/api/v1/dashboard/overview",
@@ -99,7 +100,7 @@ def test_metrics_api_schema_fuzz_never_5xx(metrics_api: str, mode: GenerationMod
         def run(case: schemathesis.Case) -> None:
             nonlocal calls
             calls += 1
-            response = case.call(base_url=metrics_api, timeout=15)
+            response = case.call(base_url=metrics_api, timeout=15, headers=ops_headers())
             if response.status_code >= 500:
                 failures.append(f"{case.method} {case.path} {case.query}: {response.status_code}")
                 return
@@ -137,7 +138,7 @@ def test_metrics_api_hostile_queries(metrics_api: str) -> None:
         "/api/v1/dashboard/overview?%zz=1",
     ]
     for path in cases:
-        r = httpx.get(metrics_api + path, timeout=20)
+        r = httpx.get(metrics_api + path, timeout=20, headers=ops_headers())
         assert r.status_code < 500, (path, r.status_code, r.text[:300])
         if r.status_code >= 400:
             assert r.headers["content-type"].startswith("application/json"), path
@@ -156,7 +157,7 @@ def test_metrics_api_hostile_queries(metrics_api: str) -> None:
 def test_metrics_api_refuses_control_characters_and_non_ascii_digits(
     metrics_api: str, path: str, parameter: str
 ) -> None:
-    r = httpx.get(metrics_api + path, timeout=20)
+    r = httpx.get(metrics_api + path, timeout=20, auth=OPS)
     assert r.status_code == 422, (path, r.status_code, r.text[:300])
     assert parameter in r.text
 

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from bridge_client import BridgeClient
 
+from tests.support.ops import OPS
 from tests.support.processes import ServiceProcess
 from tests.support.suite import JWT_SECRET, make_token
 from tests.support.waiting import eventually_async as eventually
@@ -50,7 +51,7 @@ async def test_presence_and_live_counts_across_the_suite(
     )
 
     def topics() -> dict[str, Any]:
-        body = httpx.get(api.url + "/api/v1/dashboard/overview", timeout=10).json()
+        body = httpx.get(api.url + "/api/v1/dashboard/overview", timeout=10, auth=OPS).json()
         return dict(body["gateway"].get("topics", {}))
 
     async with (

@@ -20,6 +20,7 @@ from bridge_common.channels import Channels
 
 from tests.alerter.receiver import Receiver
 from tests.support.infra import delete_namespace, unique_name
+from tests.support.ops import OPS
 from tests.support.processes import ServiceProcess
 from tests.support.suite import suite_env
 from tests.support.waiting import eventually
@@ -117,7 +118,7 @@ def test_killed_instance_is_down_then_gone_and_service_down_resolves(
     alerter = spawn("alerter", env, args=["--rules", str(rules)])
 
     def state_of(port: int) -> str | None:
-        body = httpx.get(api.url + "/api/v1/services", timeout=5).json()
+        body = httpx.get(api.url + "/api/v1/services", timeout=5, auth=OPS).json()
         for s in body["services"]:
             if s["service"] == "gateway" and s["status"].get("port") == port:
                 return str(s["state"])
@@ -140,7 +141,7 @@ def test_killed_instance_is_down_then_gone_and_service_down_resolves(
         timeout=30,
         what="service_down resolved",
     )
-    overview = httpx.get(api.url + "/api/v1/dashboard/overview", timeout=5).json()
+    overview = httpx.get(api.url + "/api/v1/dashboard/overview", timeout=5, auth=OPS).json()
     assert overview["services"]["down"] == 0
     assert overview["services"]["instances_up"]["gateway"] == 1
     # and it stays resolved: several more evaluations, no new notice for it

@@ -21,6 +21,7 @@ from tests.metrics_api.seed import (
     put_alert_states,
     put_heartbeats,
 )
+from tests.support.ops import ops_get
 
 SEV = ("debug", "info", "warning", "error", "critical")
 T0 = datetime(2026, 3, 29, 0, 0, tzinfo=UTC)  # the night Europe moves its clocks (01:00 UTC)
@@ -118,7 +119,7 @@ def seeded(db, r, namespace, api):  # noqa: ANN001, ANN201
 
 
 def get(api, path: str, **params) -> httpx.Response:  # noqa: ANN001
-    return httpx.get(api.url + path, params=params, timeout=10)
+    return ops_get(api.url + path, params=params, timeout=10)
 
 
 # -- overview ---------------------------------------------------------------------------------
@@ -278,7 +279,7 @@ def test_timeline_same_answer_in_any_time_zone(api, seeded) -> None:
     ).json()
     assert zoned == utc
     # an unencoded "+" arrives as a space; it still means the offset
-    raw = httpx.get(
+    raw = ops_get(
         api.url
         + "/api/v1/dashboard/timeline?bucket=1m&since=2026-03-29T01:00:00+01:00"
         + "&until=2026-03-29T02:10:00+02:00"
@@ -514,7 +515,7 @@ def test_bad_parameter_is_422_naming_it(api, seeded, path, params, name) -> None
 
 
 def test_repeated_parameter_is_422(api, seeded) -> None:
-    resp = httpx.get(api.url + TL + "?bucket=1m&bucket=5m")
+    resp = ops_get(api.url + TL + "?bucket=1m&bucket=5m")
     assert resp.status_code == 422 and resp.json()["parameter"] == "bucket"
 
 
@@ -523,7 +524,7 @@ def test_service_keeps_answering_after_bad_input(api, seeded) -> None:
         get(api, TL, since="\x00\xff" * 30)
     assert get(api, "/api/v1/dashboard/overview").status_code == 200
     assert httpx.get(api.url + "/readyz").status_code == 200
-    assert httpx.get(api.url + "/nope").status_code == 404
+    assert ops_get(api.url + "/nope").status_code == 404
 
 
 def test_openapi_describes_every_endpoint(api, seeded) -> None:
@@ -534,7 +535,11 @@ def test_openapi_describes_every_endpoint(api, seeded) -> None:
         "/api/v1/dashboard/timeline",
         "/api/v1/dashboard/corrections",
         "/api/v1/services",
+        "/api/v1/gateway-token",
     }
+    for path, item in doc["paths"].items():  # every one needs ops credentials
+        assert {"401", "403"} <= set(item["get"]["responses"]), path
+    assert set(doc["components"]["securitySchemes"]) == {"opsToken", "opsSession"}
     params = {p["name"]: p for p in doc["paths"][TL]["get"]["parameters"]}
     assert params["bucket"]["schema"]["enum"] == ["1m", "5m", "15m", "1h", "1d"]
     assert "422" in doc["paths"][CO]["get"]["responses"]
@@ -556,7 +561,7 @@ def test_openapi_describes_every_endpoint(api, seeded) -> None:
     ),
 )
 def test_junk_parameters_never_break_the_service(api, seeded, path, params) -> None:
-    resp = httpx.get(api.url + path, params=params, timeout=10)
+    resp = ops_get(api.url + path, params=params, timeout=10)
     assert resp.status_code in (200, 422), resp.text
     body = resp.json()
     if resp.status_code == 422:

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 from bridge_metrics_api import apidoc
+
+from tests.support.ops import ops_get
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 
 
 def test_docs_api_md_matches_the_served_openapi(api) -> None:
-    served = httpx.get(api.url + "/openapi.json", timeout=10).json()
+    served = ops_get(api.url + "/openapi.json", timeout=10).json()
     in_docs = apidoc.current(DOC.read_text())
     assert in_docs is not None, "docs/api.md lacks the <!-- openapi:metrics --> markers"
     assert in_docs == apidoc.render(served), "docs/api.md is stale: run apidoc --write"

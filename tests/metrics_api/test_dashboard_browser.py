@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
+from bridge_common.channels import Channels
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.metrics_api.seed import (
@@ -26,6 +26,7 @@ from tests.metrics_api.seed import (
     put_alert_states,
     put_heartbeats,
 )
+from tests.support.ops import login_url, ops_get
 from tests.support.processes import ServiceProcess
 
 CHROMIUM = os.environ.get("BRIDGE_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -143,9 +144,9 @@ def test_dashboard_shows_live_data_without_console_errors(
     dashboard, page, db, tmp_path: Path
 ) -> None:
     p, problems = page
-    p.goto(dashboard.url + "/", wait_until="load")
+    p.goto(login_url(dashboard.url), wait_until="load")
     p.wait_for_selector("body[data-loaded='1']", timeout=15_000)
-    overview = httpx.get(dashboard.url + "/api/v1/dashboard/overview").json()
+    overview = ops_get(dashboard.url + "/api/v1/dashboard/overview").json()
 
     # tiles show the API's figures
     assert text(p, "#t-connections") == "41"
@@ -184,7 +185,7 @@ def test_dashboard_shows_live_data_without_console_errors(
 
 def test_dashboard_range_switch_and_api_outage(dashboard, page) -> None:
     p, problems = page
-    p.goto(dashboard.url + "/", wait_until="load")
+    p.goto(login_url(dashboard.url), wait_until="load")
     p.wait_for_selector("body[data-loaded='1']", timeout=15_000)
     p.click("#range button[data-range='24h']")
     wait_until(lambda: p.locator("#chart svg g.bar").count() >= 96)
@@ -222,13 +223,15 @@ def test_dashboard_live_events_over_a_real_gateway(
     sockets: list[str] = []
     p.on("request", lambda req: requested.append(req.url))
     p.on("websocket", lambda ws: sockets.append(ws.url))
-    p.goto(live_api.url + "/", wait_until="load")
+    p.goto(login_url(live_api.url), wait_until="load")
     p.wait_for_selector("body[data-loaded='1']", timeout=15_000)
     wait_until(lambda: "gateway" in text(p, "#conn"))
     # the page loaded the gateway's browser client, and that client opened the one socket
     assert gw.url + "/client.js" in requested
-    assert sockets == [gw.url.replace("http://", "ws://") + "/ws"]
-    csp = httpx.get(live_api.url + "/").headers["content-security-policy"]
+    # (with a short-lived token from /api/v1/gateway-token, though this gateway needs none)
+    assert len(sockets) == 1
+    assert sockets[0].startswith(gw.url.replace("http://", "ws://") + "/ws?token=ey")
+    csp = ops_get(live_api.url + "/").headers["content-security-policy"]
     assert f"script-src 'self' {gw.url};" in csp
     assert f"connect-src 'self' {gw.url} {gw.url.replace('http://', 'ws://')};" in csp
 
@@ -283,7 +286,7 @@ def test_dashboard_polls_when_the_gateway_client_cannot_be_loaded(
     p, problems = page
     infos: list[str] = []
     p.on("console", lambda m: infos.append(m.text) if m.type == "info" else None)
-    p.goto(api.url + "/", wait_until="load")
+    p.goto(login_url(api.url), wait_until="load")
     p.wait_for_selector("body[data-loaded='1']", timeout=15_000)
     wait_until(lambda: any("gateway client not loaded" in m for m in infos))
     before = int(text(p, "#t-events").replace(",", ""))
@@ -294,3 +297,103 @@ def test_dashboard_polls_when_the_gateway_client_cannot_be_loaded(
     # the only problems are the browser's own reports of the failed client.js fetch
     assert problems, "the failed import was not even attempted"
     assert all("client.js" in m or "ERR_CONNECTION_REFUSED" in m for m in problems), problems
+
+
+def _publish_audit(redis_url: str, namespace: str, n: int, actor: str) -> None:
+    """One `audit_logs` event on the bus, from a thread of its own (Playwright's sync API
+    owns this thread's event loop)."""
+    import asyncio
+
+    from bridge_common.channels import Channels
+    from bridge_common.events import event_fragment
+    from bridge_common.redis import EventPublisher, create_redis
+    from bridge_common.settings import BridgeSettings
+
+    async def go() -> None:
+        client = create_redis(BridgeSettings(BRIDGE_REDIS_URL=redis_url))
+        pub = EventPublisher(client, Channels(namespace))
+        row = {"id": n, "action": "intent.approved", "severity": "info", "actor": actor}
+        await pub.publish("audit_logs", [(None, event_fragment("insert", str(n), row, "t"))])
+        await client.aclose()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, go()).result(timeout=10)
+
+
+def test_dashboard_logs_in_by_link_and_survives_gateway_token_refresh(
+    spawn, api_env, dashboard, page, redis_url, namespace
+) -> None:
+    """Gateway with JWT auth; the page logs in by link, gets short-lived gateway tokens
+    (10 s here) from /api/v1/gateway-token, and keeps receiving live events after the
+    gateway closed its socket at the first token's expiry."""
+    gw = spawn("gateway", {**api_env, "BRIDGE_AUTH": "jwt"})
+    api = spawn(
+        "metrics_api",
+        {
+            **api_env,
+            "BRIDGE_DASHBOARD_GATEWAY_URL": gw.url,
+            "BRIDGE_METRICS_GATEWAY_TOKEN_TTL": "10",
+        },
+    )
+    r = redis.Redis.from_url(redis_url)
+    r.sadd(Channels(namespace).topics, "audit_logs", "alerts")
+    r.close()
+    p, problems = page
+    token_requests: list[str] = []
+    sockets: list[str] = []
+    p.on(
+        "request",
+        lambda req: token_requests.append(req.url) if "/api/v1/gateway-token" in req.url else None,
+    )
+    p.on("websocket", lambda ws: sockets.append(ws.url))
+
+    # before logging in: the page says how to, and gives nothing away
+    p.goto(api.url + "/", wait_until="load")
+    assert "/login?token=" in p.content() and p.locator("#tiles").count() == 0
+    expected = {f"HTTP 401: {api.url}/"}  # that page's status, and the console's note of it
+
+    p.goto(login_url(api.url, sub="ops-alice"), wait_until="load")
+    assert p.url == api.url + "/"
+    p.wait_for_selector("body[data-loaded='1']", timeout=15_000)
+    cookies = {c["name"]: c for c in p.context.cookies()}
+    session = cookies["bridge_ops_session"]
+    assert session["httpOnly"] and session["sameSite"] == "Strict"
+    assert "token=" not in p.url  # the link's token does not stay in the address bar
+    wait_until(lambda: "gateway" in text(p, "#conn"))
+    assert token_requests and all(u.startswith(api.url) for u in token_requests)
+    assert len(sockets) == 1 and "token=" in sockets[0]
+
+    def delivered(actor: str) -> bool:
+        return actor in text(p, "#feed") if p.locator("#feed li").count() else False
+
+    n = 0
+    deadline = time.monotonic() + 20
+    while not delivered("before-refresh"):
+        assert time.monotonic() < deadline, "no live event reached the page"
+        n += 1
+        _publish_audit(redis_url, namespace, n, "before-refresh")
+        time.sleep(0.3)
+
+    # the first token (10 s) runs out: the gateway closes the socket, the client asks the
+    # page's token provider again and reconnects with a fresh token
+    def refreshed() -> bool:
+        p.title()  # the sync API delivers page events only while it is called
+        return len(sockets) >= 2 and len(token_requests) >= 2
+
+    wait_until(refreshed, timeout=40)
+    wait_until(lambda: "gateway" in text(p, "#conn"), timeout=20)
+    first, second = sockets[0], sockets[-1]
+    assert first != second  # a different token on the new socket
+    deadline = time.monotonic() + 20
+    while not delivered("after-refresh"):
+        assert time.monotonic() < deadline, "no live event after the token refresh"
+        n += 1
+        _publish_audit(redis_url, namespace, n, "after-refresh")
+        time.sleep(0.3)
+    unexpected = [m for m in problems if m not in expected and "status of 401" not in m]
+    assert unexpected == [], unexpected
+
+    # log out: the cookie goes, the page shows how to log in again
+    p.click("#logout")
+    p.wait_for_selector("body.login", timeout=10_000)
+    assert "bridge_ops_session" not in {c["name"] for c in p.context.cookies()}

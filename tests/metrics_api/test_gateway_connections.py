@@ -11,10 +11,11 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
-import httpx
 import redis
 from bridge_common.channels import Channels
 from websockets.sync.client import ClientConnection, connect
+
+from tests.support.ops import ops_get
 
 
 def wait_for(fetch: Callable[[], Any], want: Callable[[Any], bool], timeout: float = 15.0) -> Any:
@@ -59,7 +60,7 @@ def test_overview_counts_websocket_clients_across_two_gateways(
     api = spawn("metrics_api", {**env, "BRIDGE_SNAPSHOT_INTERVAL": "0.5"})
 
     def gateway() -> dict[str, Any]:
-        body = httpx.get(api.url + "/api/v1/dashboard/overview", timeout=10).json()
+        body = ops_get(api.url + "/api/v1/dashboard/overview", timeout=10).json()
         return {**body["gateway"], "down": body["services"]["down"]}
 
     with redis.Redis.from_url(env["BRIDGE_REDIS_URL"]) as r:

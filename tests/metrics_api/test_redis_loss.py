@@ -15,6 +15,7 @@ from bridge_common.channels import Channels
 from bridge_common.snapshots import snapshot_from_entry
 
 from tests.support.cluster import RedisNode, redis_server
+from tests.support.ops import OPS
 
 
 @pytest.fixture
@@ -49,9 +50,9 @@ def snapshots_after(url: str, ns: str, since: float) -> int:
 
 
 def live_and_ready(api_url: str, instance: str) -> bool:
-    services = httpx.get(api_url + "/api/v1/services", timeout=5).json()["services"]
+    services = httpx.get(api_url + "/api/v1/services", timeout=5, auth=OPS).json()["services"]
     listed = any(s["instance"] == instance and s["state"] == "up" for s in services)
-    overview = httpx.get(api_url + "/api/v1/dashboard/overview", timeout=5).json()
+    overview = httpx.get(api_url + "/api/v1/dashboard/overview", timeout=5, auth=OPS).json()
     ready = httpx.get(api_url + "/readyz", timeout=5).status_code == 200
     return listed and ready and not overview["errors"]
 

@@ -10,6 +10,8 @@ import time
 
 import httpx
 
+from tests.support.ops import ops_get
+
 
 def test_bad_configuration_exits_2_with_one_line(bridge_env) -> None:
     env = {**os.environ, **bridge_env, "BRIDGE_DASHBOARD_GATEWAY_URL": "ftp://gw"}
@@ -39,13 +41,13 @@ def test_target_database_down_degrades_but_serves(spawn, bridge_env, migrated_ds
         time.sleep(0.1)
     ready = httpx.get(api.url + "/readyz", timeout=10)
     assert ready.status_code == 503 and ready.json()["checks"]["target_db"] != "ok"
-    overview = httpx.get(api.url + "/api/v1/dashboard/overview", timeout=10)
+    overview = ops_get(api.url + "/api/v1/dashboard/overview", timeout=10)
     assert overview.status_code == 200
     body = overview.json()
     assert body["audit"] is None and "target database" in body["errors"]["audit"]
     assert body["intents"] == {"by_status": {}, "total": 0, "failed_5m": 0}
-    timeline = httpx.get(api.url + "/api/v1/dashboard/timeline", timeout=10)
+    timeline = ops_get(api.url + "/api/v1/dashboard/timeline", timeout=10)
     assert timeline.status_code == 503 and timeline.json()["error"] == "unavailable"
     # bad parameters are still checked first, and the service is still alive
-    assert httpx.get(api.url + "/api/v1/dashboard/timeline?bucket=2m").status_code == 422
+    assert ops_get(api.url + "/api/v1/dashboard/timeline?bucket=2m").status_code == 422
     assert api.alive()

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 from bridge_etl import sink
@@ -31,6 +30,7 @@ from psycopg.types.json import Jsonb
 from tests.etl_worker.audit import rollup_mismatches
 from tests.metrics_api.seed import ensure_partitions
 from tests.support import infra
+from tests.support.ops import ops_get
 
 SEV = ("debug", "info", "warning", "error", "critical")
 ACTIONS = ("intent.created", "intent.corrected", "login")
@@ -245,7 +245,7 @@ def test_timeline_equals_group_by_over_raw_rows(
         params["action"] = action
     if severities:
         params["severity"] = ",".join(severities)
-    resp = httpx.get(api.url + "/api/v1/dashboard/timeline", params=params, timeout=10)
+    resp = ops_get(api.url + "/api/v1/dashboard/timeline", params=params, timeout=10)
     assert resp.status_code == 200, resp.text
     body = resp.json()
     got = {
@@ -271,7 +271,7 @@ def test_corrections_per_hour_equal_group_by_over_raw_rows(
     load(db, late)
     since = START + timedelta(seconds=start_s)
     until = min(NOW, since + timedelta(hours=hours))
-    resp = httpx.get(
+    resp = ops_get(
         api.url + "/api/v1/dashboard/corrections",
         params={"since": since.isoformat(), "until": until.isoformat(), "limit": "1"},
         timeout=10,
@@ -303,7 +303,7 @@ def test_grafana_json_api_requests_are_answered(api, db, base) -> None:
     def grafana(t: datetime) -> str:
         return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
-    resp = httpx.get(
+    resp = ops_get(
         api.url + "/api/v1/dashboard/timeline",
         params={"bucket": "1d", "since": grafana(since), "until": grafana(until)},
         timeout=10,
@@ -315,7 +315,7 @@ def test_grafana_json_api_requests_are_answered(api, db, base) -> None:
     want = raw_counts(db, timedelta(days=1), since, until, None, None)
     assert sum(p["total"] for p in points) == sum(want.values())
     # a range the API will not answer explains itself in a JSON body Grafana shows
-    too_long = httpx.get(
+    too_long = ops_get(
         api.url + "/api/v1/dashboard/timeline",
         params={"bucket": "1m", "since": grafana(since), "until": grafana(until)},
         timeout=10,

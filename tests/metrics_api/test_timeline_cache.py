@@ -7,14 +7,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
-
 from tests.metrics_api.seed import AuditRow, add_audit
+from tests.support.ops import ops_get
 from tests.support.processes import ServiceProcess
 
 
 def timeline(proc: ServiceProcess, since: datetime, until: datetime) -> dict:
-    return httpx.get(
+    return ops_get(
         proc.url + "/api/v1/dashboard/timeline",
         params={"bucket": "1m", "since": since.isoformat(), "until": until.isoformat()},
         timeout=10,

@@ -110,15 +110,11 @@ def settings_of_stack(
     gateway = next(s for s in SERVICES if s.name == "gateway")
     host = env.get("BRIDGE_HOST", "127.0.0.1")
     browser_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
-    # the dashboard page listens to live audit logs and alerts through the gateway
-    dashboard = {
-        "BRIDGE_DASHBOARD_GATEWAY_URL": f"http://{browser_host}:{gateway.port(env)}",
-        "BRIDGE_DASHBOARD_GATEWAY_TOKEN": tokens.mint(
-            secret, subject="dashboard", topics=["audit_logs", "alerts"]
-        ),
-    }
-    for key, value in dashboard.items():
-        values[key] = env.get(key, value)
+    # the dashboard page listens to live audit logs and alerts through the gateway, with
+    # short-lived tokens the metrics API hands it after the login link
+    values["BRIDGE_DASHBOARD_GATEWAY_URL"] = env.get(
+        "BRIDGE_DASHBOARD_GATEWAY_URL", f"http://{browser_host}:{gateway.port(env)}"
+    )
     return values
 
 
@@ -149,6 +145,8 @@ def up(args: argparse.Namespace) -> int:
         migrate(child_env)
         stack = Stack.plan(child_env, demo=not args.no_demo, demo_rate=args.demo_rate)
         token = tokens.mint(secret)
-        text = banner.render(stack, token, pg, redis, str(data_dir))
+        text = banner.render(
+            stack, token, pg, redis, str(data_dir), ops_token=tokens.mint_ops(secret)
+        )
         return supervisor.run(stack, root, lambda: text)
     return 0

@@ -1,16 +1,18 @@
-"""The demo's client credentials: a generated HS256 secret kept under the data folder (so
-tokens survive a restart) and a JWT for every topic."""
+"""The demo's credentials: a generated HS256 secret kept under the data folder (so tokens
+survive a restart), a gateway JWT for every topic, and an ops JWT for the metrics API's
+dashboard login link. Both last 12 hours (inside the services' default
+`BRIDGE_JWT_MAX_LIFETIME` of 24 h); `just up` mints fresh ones every time it starts."""
 
 from __future__ import annotations
 
 import os
 import secrets
-import time
 from pathlib import Path
 
-import jwt
+from bridge_common import tokens
 
 SECRET_FILE = "jwt-secret"  # noqa: S105 - a file name
+TTL = 12 * 3600.0
 
 
 def load_or_create_secret(data_dir: Path) -> str:
@@ -32,12 +34,14 @@ def mint(
     *,
     subject: str = "demo",
     topics: list[str] | None = None,
-    ttl: float = 24 * 3600,
+    ttl: float = TTL,
 ) -> str:
-    """A token the gateway accepts: `sub`, `exp`, `topics` (default: every topic).
+    """A token the gateway accepts: `sub`, `exp`, `topics` (default: every topic)."""
+    token, _ = tokens.mint(secret, subject, ttl, {"topics": topics or ["*"]})
+    return token
 
-    `ttl` stays within the gateway's default `BRIDGE_JWT_MAX_LIFETIME` (24 h).
-    """
-    now = int(time.time())
-    claims = {"sub": subject, "iat": now, "exp": now + int(ttl), "topics": topics or ["*"]}
-    return jwt.encode(claims, secret, algorithm="HS256")
+
+def mint_ops(secret: str, *, subject: str = "ops", ttl: float = TTL) -> str:
+    """A token the metrics API accepts (`scope: ops`): bearer header or login link."""
+    token, _ = tokens.mint(secret, subject, ttl, {"scope": "ops"})
+    return token

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 from bridge_common.channels import Channels
 from bridge_common.db import open_pool, ping
 from bridge_common.service import Service, redis_client, run_main
-from bridge_common.settings import load_settings
+from bridge_common.settings import fail_config, load_settings
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
-from .app import add_routes, create_app
+from .app import add_routes, create_app, ops_auth
 from .overview import Sources, collect, snapshot_metrics
 from .settings import Settings
 from .snapshot import SnapshotPublisher
@@ -43,8 +43,15 @@ async def _pools(
 
 
 async def serve(settings: Settings) -> int:
-    app = create_app()
-    svc = Service(settings, app=app)
+    auth = ops_auth(settings)
+    app = create_app(auth)
+    # X-Forwarded-* are believed only from the proxies named in the settings
+    proxy = (
+        {"proxy_headers": True, "forwarded_allow_ips": settings.proxies}
+        if settings.proxies
+        else {"proxy_headers": False}
+    )
+    svc = Service(settings, app=app, uvicorn_options=proxy)
     async with _pools(settings) as (source_pool, target_pool), redis_client(settings) as redis:
         sources = Sources(
             source_pool=source_pool,
@@ -54,7 +61,7 @@ async def serve(settings: Settings) -> int:
             query_timeout=settings.query_timeout,
             heartbeat_expiry=settings.heartbeat_expiry,
         )
-        add_routes(app, settings, sources, svc)
+        add_routes(app, settings, sources, svc, auth)
         svc.use_redis(redis)
         svc.add_ready_check("source_db", lambda: ping(source_pool))
         if target_pool is not source_pool:
@@ -84,6 +91,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, help="listen port (BRIDGE_METRICS_API_PORT)")
     args = parser.parse_args(argv)
     settings = load_settings(Settings, port=args.port)
+    if settings.metrics_auth == "jwt" and settings.jwt_keys is None:
+        fail_config(
+            "metrics_api: BRIDGE_JWT_SECRET is not set (set it, or BRIDGE_METRICS_AUTH=disabled "
+            "to answer anyone who reaches the port)"
+        )
     run_main(lambda: serve(settings))
 
 

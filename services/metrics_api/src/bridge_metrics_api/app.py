@@ -1,4 +1,5 @@
-"""The ASGI application: API routes, the dashboard, health routes, JSON 404/405."""
+"""The ASGI application: ops authentication in front of the API routes, the dashboard and
+the session routes; health routes; JSON 404/405."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .api import MetricsApi, json_response
+from .auth import AuthMiddleware, OpsAuth, Sessions
 from .dashboard import Dashboard
 from .overview import Sources
 from .settings import Settings
@@ -21,12 +23,26 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return json_response({"error": "http", "message": exc.detail}, exc.status_code)
 
 
-def create_app() -> Starlette:
-    """An empty app; its routes are added by `add_routes` once the sources are open."""
-    return Starlette(exception_handlers={HTTPException: _http_error})
+def ops_auth(settings: Settings) -> OpsAuth:
+    return OpsAuth(
+        settings.jwt_keys,
+        enabled=settings.metrics_auth == "jwt",
+        max_lifetime=settings.jwt_max_lifetime,
+        gateway_token_ttl=settings.metrics_gateway_token_ttl,
+    )
 
 
-def add_routes(app: Starlette, settings: Settings, sources: Sources, svc: Service) -> None:
+def create_app(auth: OpsAuth) -> Starlette:
+    """An app guarded by `auth`; its routes are added by `add_routes` once the sources
+    are open."""
+    app = Starlette(exception_handlers={HTTPException: _http_error})
+    app.add_middleware(AuthMiddleware, auth=auth)
+    return app
+
+
+def add_routes(
+    app: Starlette, settings: Settings, sources: Sources, svc: Service, auth: OpsAuth
+) -> None:
     app.router.routes.extend(
         [
             *MetricsApi(
@@ -35,7 +51,8 @@ def add_routes(app: Starlette, settings: Settings, sources: Sources, svc: Servic
                 bucket_ttl=settings.bucket_cache_ttl,
                 retention=timedelta(days=settings.rollup_retention_days),
             ).routes(),
-            *Dashboard(settings).routes(),
+            *Sessions(auth).routes(),
+            *Dashboard(settings, gateway_tokens=auth.mints_gateway_tokens).routes(),
             *svc.health_routes(),
         ]
     )

@@ -1,10 +1,13 @@
 """The dashboard page `/`: static HTML, CSS and JavaScript shipped in the package.
 
-No build step and no CDN: the page draws its own SVG chart and polls this API; when
-`BRIDGE_DASHBOARD_GATEWAY_URL` is set it also imports the gateway's browser client
-(`<gateway>/client.js`, `BridgeClient`) and listens to `audit_logs` and `alerts` events
-through it (WebSocket, EventSource fallback, reconnect and resume), refreshing as they
-arrive. If the client cannot be loaded the page keeps polling and tries again later.
+No build step and no CDN: the page draws its own SVG chart and polls this API (with the
+session cookie of `/login`, see `auth.py`); when `BRIDGE_DASHBOARD_GATEWAY_URL` is set it
+also imports the gateway's browser client (`<gateway>/client.js`, `BridgeClient`) and
+listens to `audit_logs` and `alerts` events through it (WebSocket, EventSource fallback,
+reconnect and resume), refreshing as they arrive. Its gateway token comes from
+`/api/v1/gateway-token` through the client's token provider: short-lived, and fetched
+again before it runs out. If the client cannot be loaded the page keeps polling and tries
+again later.
 """
 
 from __future__ import annotations
@@ -46,10 +49,12 @@ def gateway_sources(http_url: str) -> tuple[str, str]:
 
 
 class Dashboard:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, gateway_tokens: bool = False) -> None:
         self.config = {
             "gatewayUrl": settings.dashboard_gateway_url,
-            "gatewayToken": settings.dashboard_gateway_token,
+            # the page asks /api/v1/gateway-token for its gateway tokens
+            "gatewayTokens": gateway_tokens,
+            "auth": settings.metrics_auth == "jwt",
             "pollMs": settings.dashboard_poll_ms,
             "namespace": settings.namespace,
         }

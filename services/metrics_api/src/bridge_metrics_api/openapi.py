@@ -266,6 +266,24 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "GatewayToken": {
+        "type": "object",
+        "required": ["token", "expires_at"],
+        "properties": {
+            "token": {
+                "type": "string",
+                "description": "a gateway JWT (`?token=` or `Authorization: Bearer`), "
+                "`sub` `dashboard:<sub of the ops token>`",
+            },
+            "expires_at": {**_TIME, "description": "its `exp`"},
+            "expires_in": {**_INT, "description": "seconds it has left when issued"},
+            "topics": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "what it may read: `audit_logs` and `alerts`",
+            },
+        },
+    },
     "Error": {
         "type": "object",
         "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
@@ -279,6 +297,19 @@ def _ref(name: str) -> dict[str, Any]:
 
 def _json(description: str, schema: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _refusals() -> dict[str, Any]:
+    return {
+        "401": _json(
+            "No valid ops token (`Authorization: Bearer`) and no valid session cookie",
+            "Error",
+        ),
+        "403": _json("The token (or session) lacks the `ops` scope", "Error"),
+    }
+
+
+_REFUSALS = _refusals()
 
 
 def _get(
@@ -300,6 +331,7 @@ def _get(
             ],
             "responses": {
                 "200": _json("OK", schema),
+                **_REFUSALS,
                 "422": _json(
                     "A parameter is invalid, unknown or repeated, or the range lies beyond "
                     "the retention",
@@ -320,8 +352,12 @@ def openapi_document() -> dict[str, Any]:
             "version": "1.0.0",
             "description": "What ops query and the live dashboard reads. All answers are "
             "JSON; times are UTC ISO 8601 with `Z`. Bad parameters answer 422 with a body "
-            "naming the parameter.",
+            "naming the parameter. Every route needs `Authorization: Bearer <JWT>` (signed "
+            "with `BRIDGE_JWT_SECRET`, `scope` containing `ops`) or the session cookie of "
+            "`GET /login?token=`; 401 without valid credentials, 403 without the scope "
+            "(`BRIDGE_METRICS_AUTH=disabled` turns this off).",
         },
+        "security": [{"opsToken": []}, {"opsSession": []}],
         "paths": {
             "/api/v1/dashboard/overview": _get(
                 "Overview",
@@ -359,6 +395,37 @@ def openapi_document() -> dict[str, Any]:
                 "Every instance with a heartbeat in Redis; one that missed 3 heartbeats is `down`.",
                 "Services",
             ),
+            "/api/v1/gateway-token": {
+                "get": {
+                    "summary": "A short-lived gateway token for the dashboard",
+                    "description": "Signed with `BRIDGE_JWT_SECRET`; topics `audit_logs` and "
+                    "`alerts` only; lives `BRIDGE_METRICS_GATEWAY_TOKEN_TTL` seconds (300 by "
+                    "default, at most 600) and never beyond the ops token or session it was "
+                    "asked with. The dashboard page asks again before it runs out.",
+                    "parameters": [],
+                    "responses": {
+                        "200": _json("OK", "GatewayToken"),
+                        **_REFUSALS,
+                        "404": _json(
+                            "No `BRIDGE_JWT_SECRET` (only with `BRIDGE_METRICS_AUTH=disabled`)",
+                            "Error",
+                        ),
+                        "422": _json(
+                            "A query parameter was given (none are taken)", "InvalidParameter"
+                        ),
+                    },
+                }
+            },
         },
-        "components": {"schemas": SCHEMAS},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "opsToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "opsSession": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "bridge_ops_session",
+                },
+            },
+        },
     }

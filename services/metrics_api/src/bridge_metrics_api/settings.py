@@ -1,16 +1,35 @@
-"""Settings of the metrics API: pools, the snapshot stream bound, the dashboard's gateway."""
+"""Settings of the metrics API: who may ask (ops tokens), pools, the snapshot stream bound,
+the dashboard's gateway."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from bridge_common.settings import BridgeSettings
+from bridge_common.tokens import JwtSettings
 from pydantic import Field, field_validator
 
 
-class Settings(BridgeSettings):
+class Settings(JwtSettings):
     service_name: ClassVar[str] = "metrics_api"
     default_port: ClassVar[int] = 8081
+
+    #: `jwt`: every route but /healthz, /readyz, /metrics needs an ops token (a JWT signed
+    #: with BRIDGE_JWT_SECRET whose `scope` contains `ops`) or the session cookie made from
+    #: one; `disabled`: anyone who reaches the port may ask (put something else in front)
+    metrics_auth: Literal["jwt", "disabled"] = Field(
+        default="jwt", validation_alias="BRIDGE_METRICS_AUTH"
+    )
+    #: lifetime of the gateway tokens handed to the dashboard (`/api/v1/gateway-token`);
+    #: the page fetches a fresh one before this runs out
+    metrics_gateway_token_ttl: float = Field(
+        default=300.0, ge=10, le=600, validation_alias="BRIDGE_METRICS_GATEWAY_TOKEN_TTL"
+    )
+    #: comma-separated proxy addresses (or `*`) whose X-Forwarded-Proto/-For are believed;
+    #: empty: forwarded headers are ignored and the session cookie is `Secure` only when
+    #: this process itself is reached over https
+    metrics_forwarded_allow_ips: str = Field(
+        default="", validation_alias="BRIDGE_METRICS_FORWARDED_ALLOW_IPS"
+    )
 
     #: largest connection pool per database (source and target)
     db_pool_size: int = Field(default=8, ge=1, le=100, validation_alias="BRIDGE_METRICS_DB_POOL")
@@ -42,9 +61,8 @@ class Settings(BridgeSettings):
     dashboard_gateway_url: str | None = Field(
         default=None, validation_alias="BRIDGE_DASHBOARD_GATEWAY_URL"
     )
-    #: token the dashboard page presents to the gateway (`?token=`), when the gateway
-    #: requires one: it is visible to whoever can open the dashboard, so give it only the
-    #: `audit_logs` and `alerts` topics.
+    #: removed: the page now gets short-lived gateway tokens from `/api/v1/gateway-token`;
+    #: a long-lived token left in the configuration is refused rather than ignored
     dashboard_gateway_token: str | None = Field(
         default=None, validation_alias="BRIDGE_DASHBOARD_GATEWAY_TOKEN"
     )
@@ -52,6 +70,25 @@ class Settings(BridgeSettings):
     dashboard_poll_ms: int = Field(
         default=3000, ge=500, le=60_000, validation_alias="BRIDGE_DASHBOARD_POLL_MS"
     )
+
+    @field_validator("dashboard_gateway_token")
+    @classmethod
+    def _no_static_token(cls, v: str | None) -> None:
+        if v is not None and v.strip():
+            raise ValueError(
+                "no longer supported: the dashboard gets short-lived gateway tokens from "
+                "/api/v1/gateway-token (signed with BRIDGE_JWT_SECRET); remove this variable"
+            )
+        return None
+
+    @field_validator("metrics_auth", mode="before")
+    @classmethod
+    def _lower_auth(cls, v: object) -> object:
+        return v.lower().strip() if isinstance(v, str) else v
+
+    @property
+    def proxies(self) -> list[str]:
+        return [p.strip() for p in self.metrics_forwarded_allow_ips.split(",") if p.strip()]
 
     @field_validator("dashboard_gateway_url")
     @classmethod

@@ -22,6 +22,7 @@
     inflight: false,
     lastOk: 0,
     live: null, // the BridgeClient, once loaded
+    loggedOut: false, // the session ended: stop reacting to 401s
     timer: null,
     refreshSoon: null,
   };
@@ -337,7 +338,14 @@
 
   // -- data loading -------------------------------------------------------------------------------
   async function getJSON(path) {
-    const r = await fetch(path, { cache: "no-store", headers: { Accept: "application/json" } });
+    const r = await fetch(path, {
+      cache: "no-store", credentials: "same-origin", headers: { Accept: "application/json" },
+    });
+    if (r.status === 401 && !state.loggedOut) {
+      // the session ended (expired, or logged out elsewhere): the page then says how to log in
+      state.loggedOut = true;
+      window.location.reload();
+    }
     const body = await r.json();
     if (!r.ok) throw new Error((body && body.message) || "HTTP " + r.status);
     return body;
@@ -441,6 +449,22 @@
     setPill();
   }
 
+  // The gateway token comes from this API (`/api/v1/gateway-token`, with the session
+  // cookie): short-lived, for the two live topics only. The client asks for a token before
+  // every connection; a cached one is reused while it has a good margin left, so each
+  // (re)connection starts with a token that outlives it by that margin, and when the
+  // gateway closes the socket at the token's expiry the client reconnects (resuming from
+  // its last event) with a fresh one.
+  let gwToken = null; // {token, until (ms, local clock)}
+  async function gatewayToken() {
+    const now = Date.now();
+    if (gwToken && gwToken.until - now > gwToken.margin) return gwToken.token;
+    const body = await getJSON("/api/v1/gateway-token");
+    const life = Math.max(1, Number(body.expires_in) || 0) * 1000;
+    gwToken = { token: body.token, until: now + life, margin: Math.min(60000, life / 4) };
+    return body.token;
+  }
+
   async function connectGateway(attempt) {
     if (!config.gatewayUrl) return;
     const base = String(config.gatewayUrl).replace(/\/+$/, "");
@@ -455,7 +479,8 @@
       setTimeout(() => connectGateway(attempt + 1), delay);
       return;
     }
-    const client = new mod.BridgeClient(base, config.gatewayToken ? { token: config.gatewayToken } : {});
+    const opts = config.gatewayTokens ? { tokenProvider: gatewayToken } : {};
+    const client = new mod.BridgeClient(base, opts);
     state.live = client;
     for (const topic of LIVE_TOPICS) {
       client.subscribe(topic, {
@@ -482,6 +507,16 @@
     clearTimeout(resizeTimer);
     resizeTimer = setTimeout(drawChart, 150);
   });
+  const logout = document.getElementById("logout");
+  if (config.auth) {
+    logout.hidden = false;
+    logout.addEventListener("click", async () => {
+      state.loggedOut = true;
+      if (state.live) state.live.close();
+      await fetch("/logout", { method: "POST", credentials: "same-origin" });
+      window.location.assign("/");
+    });
+  }
   setPill();
   refresh();
   connectGateway(0);
