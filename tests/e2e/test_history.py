@@ -21,8 +21,9 @@ import psycopg
 import pytest
 import redis.asyncio as aredis
 import websockets
+from bridge_common.channels import Channels
 
-from tests.support.cluster import RedisNode, redis_server
+from tests.support.cluster import RedisNode, redis_cluster, redis_server
 from tests.support.history import (
     history_ids,
     insert_rows,
@@ -397,3 +398,43 @@ async def test_history_database_unreachable_is_history_lost_saying_so(
         await insert_rows(migrated_dsn, topic, 3, 1)
         live = json.loads(await asyncio.wait_for(ws.recv(), 15))
         assert live["type"] == "event" and live["key"] == "k3"
+
+
+async def test_a_cluster_primary_that_comes_back_empty_is_filled_from_the_history(
+    spawn, bridge_env, migrated_dsn, namespace, tmp_path: Path
+) -> None:
+    """A 3-primary Redis Cluster without persistence: the primary holding the topic is
+    killed and restarted empty (what a failover to a replica that missed the writes leaves
+    too). A connected client and a resuming one get every event once, in order."""
+    topic = "sharded"
+    await watched_table(migrated_dsn, topic)
+    with redis_cluster(tmp_path, 3, appendonly=False) as cluster:
+        env = {
+            **bridge_env,
+            "BRIDGE_REDIS_CLUSTER_NODES": cluster.nodes_env,
+            "BRIDGE_NOTIFIER_TOPICS_REFRESH": "0.5",
+            "BRIDGE_GATEWAY_REDIS_RETRY": "0.2",
+        }
+        spawn("notifier", env)
+        gw = spawn("gateway", env)
+        owner = cluster.node_for_key(Channels(namespace).stream(topic))
+        url = gw.url.replace("http://", "ws://") + "/ws"
+        async with websockets.connect(url) as ws:
+            await ws.send(json.dumps({"type": "subscribe", "topic": topic}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 15))["type"] == "subscribed"
+            keys = await insert_rows(migrated_dsn, topic, 0, 10)
+            ids = await wait_history(migrated_dsn, topic, 10)
+            live = [json.loads(await asyncio.wait_for(ws.recv(), 15)) for _ in range(10)]
+            assert [e["id"] for e in live] == ids
+            await asyncio.to_thread(cluster.restart_primary, owner, hard=True)
+            keys += await insert_rows(migrated_dsn, topic, 10, 10)
+            ids = await wait_history(migrated_dsn, topic, 20)
+            async with asyncio.timeout(40):
+                while len(live) < 20:
+                    msg = json.loads(await ws.recv())
+                    assert msg["type"] == "event", msg
+                    live.append(msg)
+        assert _keys(live) == keys and [e["id"] for e in live] == ids
+        # a client that saw only the first event resumes across the loss
+        resumed = await _sse_resume(gw, topic, ids[0], 19)
+        assert _keys(resumed) == keys[1:] and [e["id"] for e in resumed] == ids[1:]

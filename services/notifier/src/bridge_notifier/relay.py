@@ -127,6 +127,10 @@ class Relay:
         self._next_vacuum = 0.0
         self._registered: list[str] = []
         self._vacuum: asyncio.Task[None] | None = None
+        #: the leader measures backlog and lag on a connection of its own: a count(*)
+        #: over a large backlog takes ~0.5 s and must not hold up the relay's statements
+        self._stats_task: asyncio.Task[None] | None = None
+        self._stats_conn: psycopg.AsyncConnection[Any] | None = None
         self.ids = Ids()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -137,9 +141,14 @@ class Relay:
             await self._stop_vacuum()
 
     async def _stop_vacuum(self) -> None:
-        if self._vacuum is not None and not self._vacuum.done():
-            self._vacuum.cancel("shutdown")
-            await asyncio.wait([self._vacuum])
+        for task in (self._vacuum, self._stats_task):
+            if task is not None and not task.done():
+                task.cancel("shutdown")
+                await asyncio.wait([task])
+        if self._stats_conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._stats_conn.close()
+            self._stats_conn = None
 
     async def _elect_and_relay(self, stop: asyncio.Event) -> None:
         backoff = Backoff(base=0.2, cap=5.0)
@@ -418,7 +427,31 @@ class Relay:
         if now < self._next_stats:
             return
         self._next_stats = now + self.settings.stats_interval
+        if self.metrics.is_leader:
+            if self._stats_task is None or self._stats_task.done():
+                self._stats_task = asyncio.create_task(self._stats_aside(), name="outbox-stats")
+            return
         stats = await outbox.stats([])
+        self.metrics.set_stats(stats.backlog, stats.lag_seconds)
+        self._dead_tuples = stats.dead_tuples
+
+    async def _stats_aside(self) -> None:
+        """The leader's measurement, on its own connection (opened on first use, opened
+        again after an error); a failure only skips one measurement."""
+        try:
+            if self._stats_conn is None or self._stats_conn.closed:
+                conninfo = make_conninfo(
+                    self.conninfo, application_name=f"{APPLICATION_NAME}-stats"
+                )
+                self._stats_conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+            stats = await Outbox(self._stats_conn).stats([])
+        except psycopg.Error as exc:
+            log.warning("outbox.stats_failed", error=str(exc).strip()[:200])
+            if self._stats_conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    await self._stats_conn.close()
+                self._stats_conn = None
+            return
         self.metrics.set_stats(stats.backlog, stats.lag_seconds)
         self._dead_tuples = stats.dead_tuples
 
