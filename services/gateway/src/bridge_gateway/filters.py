@@ -123,8 +123,9 @@ MAX_TOKEN_TOPICS = 256
 def token_filters(claim: object) -> dict[str, RowFilter]:
     """The `filters` claim of a token, compiled (bound); ValueError says what is wrong.
 
-    Strict where a client filter is lenient about nothing: a malformed claim must never
-    be read as "no restriction", so an empty filter for a topic is refused too.
+    Stricter than a client filter: a malformed claim must never be read as "no
+    restriction", so an empty filter for a topic is refused too. A narrowed filter has at
+    most twice :data:`MAX_FIELDS` fields (the token's and the client's).
     """
     if claim is None:
         return {}
