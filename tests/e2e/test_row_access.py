@@ -473,3 +473,30 @@ async def test_presence_is_closed_to_row_filtered_tokens(suite: Running, static_
             assert listed.status_code == 200
             body = listed.json()
             assert all(p["sub"] != "tenant-t0" for p in body["present"]), body
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+async def test_python_sdk_needs_no_change(suite: Running, transport: str) -> None:
+    """The SDK passes the token through: a narrowing filter gets the tenant's rows only, a
+    widening one is the existing `SubscriptionRejected("forbidden")`."""
+    from bridge_client import BridgeClient, SubscriptionRejected
+
+    topic, _ = await _new_topic(suite)
+    tok = make_token([topic], extra={"filters": {topic: {"tenant": ["t0", "t1"]}}})
+    async with BridgeClient(suite.gw.url, token=tok, transport=transport) as client:  # type: ignore[arg-type]
+        wide = client.subscribe(topic, {"tenant": ["t1", "t2"]})
+        async with asyncio.timeout(15):
+            with pytest.raises(SubscriptionRejected) as rejected:
+                await anext(wide)
+        assert rejected.value.code == "forbidden"
+    async with BridgeClient(suite.gw.url, token=tok, transport=transport) as client:  # type: ignore[arg-type]
+        narrow = client.subscribe(topic, {"tenant": "t1"})
+        await narrow.wait_live()
+        full = await _apply(suite.dsn, topic, [("insert", i, f"t{i % 3}", "a") for i in range(6)])
+        want = [(e.key, e.tenant) for e in full if e.tenant == "t1"]
+        got = []
+        async with asyncio.timeout(30):
+            while len(got) < len(want):
+                ev = await anext(narrow)
+                got.append((ev.key, ev.data["tenant"]))
+        assert got == want
