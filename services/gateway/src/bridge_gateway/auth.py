@@ -1,8 +1,11 @@
-"""Client authentication: JWT HS256 bearer tokens carrying `sub`, `exp` and `topics`.
+"""Client authentication: JWT HS256 bearer tokens carrying `sub`, `exp`, `topics` and
+optionally `filters` (row-level access: `{"<topic>": {"<field>": value-or-list}}`).
 
 `exp` must be a JSON number (RFC 7519 NumericDate; a string, a boolean or a non-finite
 value is refused) no further ahead than `max_lifetime` (`BRIDGE_JWT_MAX_LIFETIME`), so
-a leaked token is never valid for ever.
+a leaked token is never valid for ever. A malformed `filters` claim refuses the token
+(401) — it is never read as "no restriction". A token with `filters` is never listed in
+presence (its `sub` and `info` would reach other tenants' subscribers).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import jwt
 from bridge_common import tokens
 
 from .errors import Unauthorized
+from .filters import RowFilter, token_filters
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +31,15 @@ class Principal:
     #: the `presence` claim (False: never listed) and the `info` claim (any JSON), as given
     presence: object = field(default=None, compare=False)
     info: Any = field(default=None, compare=False)
+    #: row-level access: topic -> the filter every subscription to it runs under
+    filters: Mapping[str, RowFilter] = field(default_factory=dict, compare=False)
 
     def may_read(self, topic: str) -> bool:
         return self.topics is None or topic in self.topics
+
+    def row_filter(self, topic: str) -> RowFilter | None:
+        """The token's filter on `topic` (None: the whole topic)."""
+        return self.filters.get(topic)
 
 
 ANONYMOUS = Principal("anonymous", None)
@@ -84,11 +94,17 @@ class Authenticator:
         topics = claims.get("topics")
         if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
             raise Unauthorized("invalid token: 'topics' must be a list of topic names")
+        try:
+            filters = token_filters(claims.get("filters"))
+        except ValueError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from None
         allowed = None if "*" in topics else frozenset(topics)
         return Principal(
             claims["sub"],
             allowed,
             float(claims["exp"]),
-            presence=claims.get("presence"),
+            # a row-filtered holder is hidden: presence lists are topic-wide
+            presence=False if filters else claims.get("presence"),
             info=claims.get("info"),
+            filters=filters,
         )

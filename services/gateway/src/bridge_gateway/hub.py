@@ -59,9 +59,14 @@ def _decode(raw: bytes) -> _RowOnly:
 
 def _admits(row_filter: RowFilter, decoded: _RowOnly) -> bool:
     # a `truncate` concerns every row, and an event without its row (larger than the
-    # notifier's BRIDGE_MAX_EVENT_BYTES) cannot be filtered: every subscriber of the
-    # topic is told, never left with a silent gap
-    return decoded.op == "truncate" or decoded.too_large or row_filter.matches(decoded.data)
+    # notifier's BRIDGE_MAX_EVENT_BYTES) cannot be filtered: a client's own filter lets it
+    # through (told, never left with a silent gap), but a token-bound filter withholds it
+    # — its key may be another tenant's row, and row-level access must not leak it
+    if decoded.op == "truncate":
+        return True
+    if decoded.too_large:
+        return not row_filter.bound
+    return row_filter.matches(decoded.data)
 
 
 def passes(row_filter: RowFilter, raw: bytes) -> bool:

@@ -1,22 +1,24 @@
 """`GET /presence/{topic}`: who is subscribed to a topic on every gateway replica.
 
 Same auth as subscribing to the topic (401 without a valid token, 403 for a topic outside
-the token's `topics`). `?count=1` answers only the counts.
+the token's `topics`, or one the token's `filters` restrict: the list is topic-wide).
+`?count=1` answers only the counts.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from bridge_common.channels import ALERTS_TOPIC, InvalidTopic, check_topic
+from bridge_common.channels import ALERTS_TOPIC
 from bridge_common.events import dumps
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from . import metrics
+from .access import admit_presence
 from .auth import token_from
-from .errors import Unauthorized
+from .errors import GatewayError, Unauthorized
 from .presence_redis import PresenceUnavailable
 
 if TYPE_CHECKING:
@@ -63,11 +65,9 @@ async def presence_topic(request: Request) -> Response:
         return _refuse("unauthorized", exc.message, cors)
     topic = request.path_params["topic"]
     try:
-        check_topic(topic)
-    except InvalidTopic as exc:
-        return _refuse("bad_request", str(exc), cors)
-    if not principal.may_read(topic):
-        return _refuse("forbidden", f"token does not allow topic {topic!r}", cors, topic)
+        admit_presence(principal, topic)
+    except GatewayError as err:
+        return _refuse(err.code, err.message, cors, err.topic)
     count = _flag(request.query_params.get("count"))
     if count is None:
         return _refuse("bad_request", "count must be 1 or 0", cors, topic)

@@ -1,5 +1,6 @@
 """What a connected client can do, whatever its transport: subscribe (with resume),
-unsubscribe, ping — validated, authorised and bounded.
+unsubscribe, ping — validated, authorised (`access.admit`: the effective filter, token
+AND client) and bounded.
 
 Resume without gap or duplicate: the subscription joins the live feed first (holding
 events back), then the history is read after `since` (Redis's window, else the PostgreSQL
@@ -15,21 +16,21 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from bridge_common.channels import ALERTS_TOPIC, InvalidTopic, check_topic
+from bridge_common.channels import ALERTS_TOPIC
 from bridge_common.events import Ping, Subscribe, Unsubscribe, decode_client_message
 from bridge_common.logging import get_logger
 
+from .access import admit, admit_presence
 from .clients import Client, Delivery
 from .errors import (
     BadRequest,
-    Forbidden,
     GatewayError,
     HistoryLost,
     TooManySubscriptions,
     UnknownTopic,
 )
 from .event_ids import EventId, parse_id
-from .filters import compile_filter
+from .filters import RowFilter
 from .hub import Subscription, passes
 from .protocol import PONG, encode_subscribed
 
@@ -91,17 +92,9 @@ class Session:
         presence: bool = False,
     ) -> Subscription:
         """Validate synchronously (raises GatewayError), then go live in a task."""
-        try:
-            check_topic(topic)
-        except InvalidTopic as exc:
-            raise BadRequest(str(exc), topic=topic if isinstance(topic, str) else None) from None
-        if not self.client.principal.may_read(topic):
-            raise Forbidden(f"token does not allow topic {topic!r}", topic=topic)
-        try:
-            row_filter = compile_filter(filter_spec)
-        except BadRequest as err:
-            err.topic = topic
-            raise
+        row_filter = admit(self.client.principal, topic, filter_spec)
+        if presence:
+            admit_presence(self.client.principal, topic)
         since_id: EventId | None = None
         if since is not None:
             try:
@@ -109,6 +102,17 @@ class Session:
             except BadRequest as err:
                 err.topic = topic
                 raise
+        return self.open(topic, row_filter, since_id, presence=presence)
+
+    def open(
+        self,
+        topic: str,
+        row_filter: RowFilter | None,
+        since: EventId | None = None,
+        *,
+        presence: bool = False,
+    ) -> Subscription:
+        """Subscribe with an effective filter from :func:`access.admit`; go live in a task."""
         if topic in self.subs:
             self.unsubscribe(topic)  # re-subscribing replaces filter and position
         if len(self.subs) >= self.client.limits.max_subscriptions:
@@ -118,7 +122,7 @@ class Session:
             )
         sub = Subscription(self.client, topic, row_filter)
         self.subs[topic] = sub
-        task = asyncio.get_running_loop().create_task(self._open(sub, since_id, presence))
+        task = asyncio.get_running_loop().create_task(self._open(sub, since, presence))
         sub.task = task
         task.add_done_callback(lambda _: _forget_task(sub, task))
         return sub

@@ -11,18 +11,19 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from bridge_common.channels import ALERTS_TOPIC, InvalidTopic, check_topic
+from bridge_common.channels import ALERTS_TOPIC
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from . import metrics
+from .access import admit
 from .auth import Principal, token_from
 from .clients import Client
-from .errors import BadRequest, Forbidden, GatewayError, Unauthorized, UnknownTopic
-from .event_ids import parse_id
-from .filters import compile_filter
+from .errors import BadRequest, GatewayError, Unauthorized, UnknownTopic
+from .event_ids import EventId, parse_id
+from .filters import RowFilter
 from .sessions import Session
 
 if TYPE_CHECKING:
@@ -89,18 +90,12 @@ async def _open(request: Request, topic: str, fixed: dict[str, Any]) -> Response
             spec[key] = values if len(values) > 1 else values[0]
     spec.update(fixed)
     try:
-        check_topic(topic)
-        if not principal.may_read(topic):
-            raise Forbidden(f"token does not allow topic {topic!r}", topic=topic)
-        compile_filter(spec)
-        since = request.headers.get("last-event-id") or params.get("last_event_id") or None
-        if since is not None:
-            parse_id(since)
+        row_filter = admit(principal, topic, spec)
+        raw_since = request.headers.get("last-event-id") or params.get("last_event_id") or None
+        since = parse_id(raw_since) if raw_since is not None else None
         close_after = _close_after(params.get("close_after"))
         if topic != ALERTS_TOPIC and not await gw.topics.exists(topic):
             raise UnknownTopic(f"no such topic {topic!r}", topic=topic)
-    except InvalidTopic as exc:
-        return _error("bad_request", str(exc), headers=cors)
     except GatewayError as err:
         return _error(err.code, err.message, err.topic, headers=cors)
     except (RedisError, OSError):
@@ -108,7 +103,7 @@ async def _open(request: Request, topic: str, fixed: dict[str, Any]) -> Response
         # a browser on another origin sees a retryable 503 rather than a network error
         return _error("unavailable", "Redis does not answer; retry", topic, headers=cors)
     headers = {"cache-control": "no-cache", "x-accel-buffering": "no", **cors}
-    return EventStream(gw, principal, topic, spec or None, since, close_after, headers)
+    return EventStream(gw, principal, topic, row_filter, since, close_after, headers)
 
 
 def _close_after(raw: str | None) -> int | None:
@@ -133,8 +128,8 @@ class EventStream(Response):
         gateway: Gateway,
         principal: Principal,
         topic: str,
-        spec: dict[str, Any] | None,
-        since: str | None,
+        row_filter: RowFilter | None,
+        since: EventId | None,
         close_after: int | None,
         headers: dict[str, str],
     ) -> None:
@@ -144,7 +139,7 @@ class EventStream(Response):
         self.gw = gateway
         self.principal = principal
         self.topic = topic
-        self.spec = spec
+        self.row_filter = row_filter
         self.since = since
         self.close_after = close_after
 
@@ -162,7 +157,7 @@ class EventStream(Response):
         watcher = asyncio.create_task(_watch_disconnect(receive, client))
         try:
             try:
-                session.subscribe(self.topic, self.spec, self.since)
+                session.open(self.topic, self.row_filter, self.since)
             except GatewayError as err:
                 client.send_error(err)
                 client.close(1000, err.message, flush=True)
