@@ -33,6 +33,7 @@ from urllib.parse import urlencode
 
 import httpx
 import psycopg
+from bridge_etl.target import ROLLUP_RELATIONS
 from bridge_metrics_api import planner
 
 from bench.report import write_section
@@ -40,14 +41,7 @@ from tests.support import infra
 from tests.support.ops import ops_headers
 from tests.support.suite import JWT_SECRET
 
-ROLLUPS = (
-    "audit_logs_1m",
-    "audit_logs_1h",
-    "audit_logs_1d",
-    "audit_totals_1m",
-    "audit_totals_1h",
-    "audit_totals_1d",
-)
+ROLLUPS = ROLLUP_RELATIONS
 ACTIONS = [
     "intent.created",
     "intent.updated",

@@ -14,18 +14,13 @@ from bridge_common.logging import get_logger
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from .target import ROLLUP_RELATIONS
+
 log = get_logger(__name__)
 
 PARENT = "audit_logs_ts"
 #: the rollup tables, pruned on their own schedule (triggers do not propagate DELETE)
-ROLLUPS = (
-    "audit_logs_1m",
-    "audit_logs_1h",
-    "audit_logs_1d",
-    "audit_totals_1m",
-    "audit_totals_1h",
-    "audit_totals_1d",
-)
+ROLLUPS = ROLLUP_RELATIONS
 _NAME_RE = re.compile(r"^audit_logs_ts_p(\d{8})$")
 #: serialises partition DDL between workers (pg_advisory_xact_lock key)
 _DDL_LOCK = 0x6574_6C70  # "etlp"
