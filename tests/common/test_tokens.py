@@ -9,7 +9,7 @@ import time
 
 import jwt
 import pytest
-from bridge_common import tokens
+from bridge_common.settings import parse_duration
 from bridge_common.tokens import JwtSettings, Keys, mint, scopes, verify
 
 SECRET = "current-secret-" + "c" * 60  # noqa: S105 - test-only keys
@@ -85,4 +85,4 @@ def test_settings_keys_and_durations() -> None:
     assert JwtSettings(BRIDGE_JWT_SECRET="  ").jwt_keys is None
     with pytest.raises(ValueError, match="duration"):
         JwtSettings(BRIDGE_JWT_MAX_LIFETIME="forever")
-    assert tokens.parse_duration("2d") == 172_800
+    assert parse_duration("2d") == 172_800

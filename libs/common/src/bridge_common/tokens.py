@@ -21,7 +21,6 @@ token, another `jwt.InvalidTokenError` otherwise — whose text is safe to show 
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,22 +29,10 @@ from typing import Any
 import jwt
 from pydantic import Field, SecretStr, field_validator
 
-from .settings import BridgeSettings
+from .jwt_secret import secret_problem
+from .settings import BridgeSettings, parse_duration
 
 ALGORITHM = "HS256"
-
-_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(s|m|h|d)?")
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(v: object) -> object:
-    """`3600`, `90m`, `24h`, `7d` → seconds; other values are left to the field's type."""
-    if isinstance(v, str):
-        m = _DURATION_RE.fullmatch(v.strip())
-        if m is None:
-            raise ValueError("a duration such as 3600, 90m, 24h or 7d")
-        return float(m.group(1)) * _UNITS[m.group(2) or "s"]
-    return v
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +130,28 @@ class JwtSettings(BridgeSettings):
     @field_validator("jwt_max_lifetime", mode="before")
     @classmethod
     def _duration(cls, v: object) -> object:
-        return parse_duration(v)
+        return parse_duration(v) if isinstance(v, str) else v
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _check_secret(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None  # "not set" is reported by the service, naming how to disable auth
+        problem = secret_problem(v.get_secret_value())
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("jwt_previous_secrets")
+    @classmethod
+    def _check_previous(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return v
+        for i, item in enumerate(v.get_secret_value().split(",")):
+            problem = secret_problem(item.strip()) if item.strip() else None
+            if problem:
+                raise ValueError(f"entry {i + 1} {problem}")
+        return v
 
     @property
     def jwt_keys(self) -> Keys | None:

@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
-from bridge_common.jwt_secret import secret_problem
-from bridge_common.settings import BridgeSettings
-from pydantic import Field, SecretStr, field_validator, model_validator
+from bridge_common.tokens import JwtSettings
+from pydantic import Field, field_validator, model_validator
 
 from .cors import serialize_origin
 
-_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(s|m|h|d)?")
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
+class Settings(JwtSettings):
+    """The gateway's settings; the token ones (`BRIDGE_JWT_*`) are shared with the metrics
+    API through `JwtSettings`."""
 
-class Settings(BridgeSettings):
     service_name = "gateway"
     default_port = 8080
 
-    jwt_secret: SecretStr | None = Field(default=None, validation_alias="BRIDGE_JWT_SECRET")
     auth: Literal["jwt", "disabled"] = Field(default="jwt", validation_alias="BRIDGE_AUTH")
-    #: comma-separated secrets still accepted during a rotation (tokens are minted with
-    #: BRIDGE_JWT_SECRET; these only verify tokens issued before the switch)
-    jwt_previous_secrets: SecretStr | None = Field(
-        default=None, validation_alias="BRIDGE_JWT_PREVIOUS_SECRETS"
-    )
-    #: tokens whose `exp` lies further ahead are refused: seconds, or `90m`, `24h`, `7d`
-    jwt_max_lifetime: float = Field(
-        default=24 * 3600.0, gt=0, le=366 * 86400, validation_alias="BRIDGE_JWT_MAX_LIFETIME"
-    )
     #: comma-separated browser origins allowed to connect; empty = any origin
     allowed_origins: str = Field(default="", validation_alias="BRIDGE_GATEWAY_ALLOWED_ORIGINS")
     #: largest inbound WebSocket message (bytes); larger ones close with 1009
@@ -106,27 +94,6 @@ class Settings(BridgeSettings):
         default=1_024, ge=0, le=65_536, validation_alias="BRIDGE_PRESENCE_MAX_INFO_BYTES"
     )
 
-    @field_validator("jwt_secret")
-    @classmethod
-    def _check_secret(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is None or not v.get_secret_value():
-            return None  # "not set" is reported by the command, naming BRIDGE_AUTH=disabled
-        problem = secret_problem(v.get_secret_value())
-        if problem:
-            raise ValueError(problem)
-        return v
-
-    @field_validator("jwt_previous_secrets")
-    @classmethod
-    def _check_previous(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is None:
-            return v
-        for i, item in enumerate(v.get_secret_value().split(",")):
-            problem = secret_problem(item.strip()) if item.strip() else None
-            if problem:
-                raise ValueError(f"entry {i + 1} {problem}")
-        return v
-
     @model_validator(mode="after")
     def _buffer_bounds(self) -> Settings:
         if self.send_buffer_max_bytes < self.send_buffer_bytes:
@@ -135,16 +102,6 @@ class Settings(BridgeSettings):
                 "BRIDGE_GATEWAY_SEND_BUFFER_BYTES"
             )
         return self
-
-    @field_validator("jwt_max_lifetime", mode="before")
-    @classmethod
-    def _duration(cls, v: object) -> object:
-        if isinstance(v, str):
-            m = _DURATION_RE.fullmatch(v.strip())
-            if m is None:
-                raise ValueError("a duration such as 3600, 90m, 24h or 7d")
-            return float(m.group(1)) * _UNITS[m.group(2) or "s"]
-        return v
 
     @field_validator("auth", mode="before")
     @classmethod
