@@ -10,6 +10,7 @@ import psycopg
 import pytest
 import redis
 from bridge_common.channels import Channels
+from bridge_etl.target import ROLLUP_RELATIONS
 
 from tests.support.timescale import STORAGES
 
@@ -46,8 +47,12 @@ def clean(migrated_dsn: str, redis_url: str, namespace: str, storage: str) -> It
                 "TRUNCATE audit_logs, bridge.outbox, audit_logs_ts,"
                 " bridge.etl_state, bridge.etl_rejects RESTART IDENTITY"
             )
-            # the continuous aggregate forgets what it materialised of the old rows
-            conn.execute("CALL refresh_continuous_aggregate('audit_logs_1m', NULL, NULL)")
+            # the continuous aggregates forget what they materialised of the old rows
+            # (bottom up: hours are built on minutes, days on hours)
+            for relation in ROLLUP_RELATIONS:
+                conn.execute(
+                    "CALL refresh_continuous_aggregate(%s, NULL, NULL)", (relation,), prepare=False
+                )
     ch = Channels(namespace)
     client = redis.Redis.from_url(redis_url)
     client.delete(ch.stream("audit_logs"), ch.dedupe("audit_logs"), ch.etl_dead_letter)

@@ -14,6 +14,7 @@ import orjson
 import psycopg
 from bridge_common.channels import Channels
 from bridge_common.events import Heartbeat, dumps
+from bridge_etl.target import ROLLUP_RELATIONS
 from psycopg.types.json import Jsonb
 
 
@@ -108,12 +109,16 @@ def _add_audit_timescale(conn: psycopg.Connection[Any], rows: list[AuditRow]) ->
                     Jsonb(r.details),
                 ),
             )
-    first = min(r.created_at for r in rows).replace(second=0, microsecond=0)
-    last = max(r.created_at for r in rows).replace(second=0, microsecond=0)
-    conn.execute(
-        "CALL refresh_continuous_aggregate('audit_logs_1m', %s, %s)",
-        (first, last + timedelta(minutes=1)),
-    )
+    # every level, bottom up (hours are built on minutes, days on hours), over the whole
+    # days the rows fall in so each level's buckets are complete
+    first = min(r.created_at for r in rows).replace(hour=0, minute=0, second=0, microsecond=0)
+    last = max(r.created_at for r in rows).replace(hour=0, minute=0, second=0, microsecond=0)
+    for relation in ROLLUP_RELATIONS:
+        conn.execute(
+            "CALL refresh_continuous_aggregate(%s, %s, %s)",
+            (relation, first, last + timedelta(days=1)),
+            prepare=False,  # PGlite keeps prepared statements across its sessions
+        )
     return ids
 
 
