@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bridge_common.lag import LAG_BUCKETS, RecentQuantiles
 from prometheus_client import Counter, Gauge, Histogram
 
 CONNECTIONS = Gauge("bridge_gateway_connections", "Open client connections", ["transport"])
@@ -37,3 +38,12 @@ FANOUT_LATENCY = Histogram(
     "From the event's append to its stream (Redis clock) to queued on every matching client",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+DELIVERY_LAG = Histogram(
+    "bridge_gateway_delivery_lag_seconds",
+    "From the event's publish (the time in its id) to queued on every matching client, "
+    "per topic (live fan-out only, not replays)",
+    ["topic"],
+    buckets=LAG_BUCKETS,
+)
+#: p50/p99 of DELIVERY_LAG per topic over the last minute, for the heartbeat
+RECENT_DELIVERY_LAG = RecentQuantiles(DELIVERY_LAG)
