@@ -70,7 +70,8 @@ def quantile(q: float, bounds: list[float], counts: list[float]) -> float | None
 class RecentQuantiles:
     """p50/p99 per topic of a `topic`-labelled prometheus Histogram over roughly the last
     `window` seconds: each call keeps the cumulative bucket counts, and the figures are
-    the difference against the oldest kept call within the window."""
+    the difference against the newest reading at least `window` old (or the oldest kept,
+    or none at the first call)."""
 
     def __init__(self, histogram: Any, window: float = 60.0, keep: int = 64) -> None:
         self.histogram = histogram
@@ -98,7 +99,8 @@ class RecentQuantiles:
         now = time.monotonic() if now is None else now
         current = self._read()
         base: dict[str, tuple[list[float], list[float]]] = {}
-        while self._past and now - self._past[0][0] > self.window:
+        # the base is the newest reading at least `window` old, else the oldest one kept
+        while len(self._past) > 1 and now - self._past[1][0] >= self.window:
             self._past.popleft()
         if self._past:
             base = self._past[0][1]
