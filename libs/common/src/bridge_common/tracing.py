@@ -284,3 +284,20 @@ def end_span(span: Span | None, attributes: Mapping[str, Any] | None = None) -> 
     if attributes:
         span.set_attributes(attributes)
     span.end()
+
+
+@contextlib.contextmanager
+def span(
+    tracer_name: str, name: str, attributes: Mapping[str, Any] | None = None
+) -> Iterator[Span | None]:
+    """A root span around the block, current inside it (the exception recorded when one
+    escapes); yields None and does nothing while tracing is off."""
+    t = tracer(tracer_name)
+    if t is None:
+        yield None
+        return
+    # always a root: a long-lived task may have been spawned inside some other span
+    with t.start_as_current_span(
+        name, context=Context(), attributes=attributes, record_exception=True
+    ) as s:
+        yield s

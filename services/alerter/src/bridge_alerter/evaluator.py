@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from bridge_common import tracing
 from bridge_common.channels import Channels
 from bridge_common.events import MetricsSnapshot
 from bridge_common.logging import get_logger
@@ -153,22 +154,29 @@ class Evaluator:
             await self._reconcile()  # a reload: forget removed rules before using new ones
         ruleset = self._ruleset
         assert ruleset is not None
-        silenced = await self.silences.active()
-        now = snapshot.ts
-        for rule in ruleset.rules:
-            fp = rule.fingerprint
-            current = self.states.get(fp) or AlertState.new(rule)
-            silence = silenced.get(rule.name)
-            result = step(
-                rule,
-                current,
-                snapshot.metrics.get(rule.metric),
-                now,
-                grace=self.settings.resolve_grace,
-                silenced_by=silence.id if silence else None,
-            )
-            if result.changed:
-                await self._commit(result, rule.notify, now)
+        with tracing.span(
+            "bridge.alerter", "alerter.evaluate", {"bridge.rules": len(ruleset.rules)}
+        ) as span:
+            silenced = await self.silences.active()
+            now = snapshot.ts
+            changed = 0
+            for rule in ruleset.rules:
+                fp = rule.fingerprint
+                current = self.states.get(fp) or AlertState.new(rule)
+                silence = silenced.get(rule.name)
+                result = step(
+                    rule,
+                    current,
+                    snapshot.metrics.get(rule.metric),
+                    now,
+                    grace=self.settings.resolve_grace,
+                    silenced_by=silence.id if silence else None,
+                )
+                if result.changed:
+                    changed += 1
+                    await self._commit(result, rule.notify, now)
+            if span is not None:
+                span.set_attribute("bridge.changed", changed)
 
     async def _commit(self, result: Step, notify: tuple[str, ...], now: float) -> None:
         s = result.state
