@@ -124,7 +124,7 @@ class Service:
         )
         self.log = get_logger(self.name)
         # OpenTelemetry when the OTEL_* variables ask for it, else no-op (bridge_common.tracing)
-        tracing.configure(self.name, self.instance)
+        tracing.configure(self.name, self.instance, settings.otel_env())
 
     # -- registration -------------------------------------------------------------------
     def add_worker(self, name: str, fn: Worker) -> None:

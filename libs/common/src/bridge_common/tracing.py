@@ -1,7 +1,8 @@
 """OpenTelemetry spans for the services: exported over OTLP/HTTP when the standard `OTEL_*`
 variables ask for it, nothing at all otherwise.
 
-:func:`configure` runs once at start-up (`Service` calls it). It installs a tracer provider
+:func:`configure` runs once at start-up (`Service` calls it with the variables its
+settings validated — a bad value exits 2 like any other setting). It installs a tracer provider
 with a batch span processor and the OTLP/HTTP exporter when `OTEL_EXPORTER_OTLP_ENDPOINT`
 or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set, or `OTEL_TRACES_EXPORTER` names `otlp` or
 `console` — unless `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`. Otherwise
@@ -93,12 +94,24 @@ def configure(service: str, instance: str, env: Mapping[str, str] | None = None)
     if "otlp" in exporters or not chosen:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        chosen.append(OTLPSpanExporter())
+        chosen.append(OTLPSpanExporter(endpoint=traces_endpoint(env)))
     for exporter in chosen:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     install(provider)
     log.info("tracing.enabled", exporters=[type(e).__name__ for e in chosen])
     return True
+
+
+def traces_endpoint(env: Mapping[str, str]) -> str | None:
+    """Where spans are POSTed: the traces URL, else `<endpoint>/v1/traces`, else None
+    (the exporter's own default, http://localhost:4318/v1/traces)."""
+    url = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if url:
+        return url
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    if base:
+        return base.rstrip("/") + "/v1/traces"
+    return None
 
 
 def install(provider: TracerProvider | None) -> None:
