@@ -200,3 +200,15 @@ def test_recent_quantiles_cover_the_window_only() -> None:
     assert 10.0 <= later["a"]["p50"] <= 30.0
     assert later["b"]["count"] == 1
     assert recent.read(now=200.0) == {}  # nothing new since the last reading in the window
+
+
+def test_traces_endpoint_follows_the_otlp_http_convention() -> None:
+    assert tracing.traces_endpoint({}) is None
+    assert tracing.traces_endpoint({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"}) == (
+        "http://c:4318/v1/traces"
+    )
+    both = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:9999/traces",
+    }
+    assert tracing.traces_endpoint(both) == "http://t:9999/traces"
