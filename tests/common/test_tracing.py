@@ -142,10 +142,32 @@ def test_untraced_events_get_a_root_span_and_overflow_becomes_links(
     assert only.parent is None
 
 
-def test_malformed_traceparent_gives_a_root_span(spans: InMemorySpanExporter) -> None:
-    tracing.record("bridge.gateway", "gateway.fanout", "00-zz-not-a-traceparent", 0)
-    tracing.record("bridge.gateway", "gateway.fanout", f"00-{'0' * 32}-{PARENT}-01", 0)
-    assert [s.parent for s in spans.get_finished_spans()] == [None, None]
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "00-zz-not-a-traceparent",
+        f"00-{'0' * 32}-{PARENT}-01",
+        f"00-{TRACE}-{'0' * 16}-01",
+        f"ff-{TRACE}-{PARENT}-01",
+        f"00-{TRACE.upper()}-{PARENT}-01",
+        f"00-{TRACE}-{PARENT}-01-",
+    ],
+)
+def test_malformed_traceparent_gives_a_root_span(spans: InMemorySpanExporter, bad: str) -> None:
+    assert tracing.parent_context(bad) is None
+    tracing.record("bridge.gateway", "gateway.fanout", bad, 0)
+    assert [s.parent for s in spans.get_finished_spans()] == [None]
+
+
+def test_parent_context_keeps_the_sampled_flag() -> None:
+    from opentelemetry import trace
+
+    for flags, sampled in (("01", True), ("00", False)):
+        ctx = tracing.parent_context(f"00-{TRACE}-{PARENT}-{flags}")
+        assert ctx is not None
+        sc = trace.get_current_span(ctx).get_span_context()
+        assert sc.is_remote and sc.trace_flags.sampled is sampled
+        assert format(sc.trace_id, "032x") == TRACE and format(sc.span_id, "016x") == PARENT
 
 
 def test_a_failure_inside_is_recorded_on_the_span(spans: InMemorySpanExporter) -> None:

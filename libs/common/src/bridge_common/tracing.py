@@ -24,13 +24,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, Status, StatusCode, Tracer, TracerProvider
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+    TracerProvider,
+)
 from opentelemetry.trace import SpanKind as SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -154,15 +165,37 @@ async def shutdown(deadline: float = 5.0) -> None:
 # -- the application's trace ------------------------------------------------------------
 
 
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+#: parsed traceparents (a batch or a fan-out often repeats one); cleared when full
+_contexts: dict[str, Context | None] = {}
+_CONTEXTS_MAX = 1024
+
+
 def parent_context(traceparent: str | None) -> Context | None:
     """A context whose current span is the remote span `traceparent` names; None when it
-    is absent or malformed."""
+    is absent or malformed (the W3C rules: version not ff, ids not all zero)."""
     if not traceparent:
         return None
-    ctx = _propagator.extract({"traceparent": traceparent})
-    if not trace.get_current_span(ctx).get_span_context().is_valid:
-        return None
+    if traceparent in _contexts:
+        return _contexts[traceparent]
+    ctx = _parse(traceparent)
+    if len(_contexts) >= _CONTEXTS_MAX:
+        _contexts.clear()
+    _contexts[traceparent] = ctx
     return ctx
+
+
+def _parse(traceparent: str) -> Context | None:
+    m = _TRACEPARENT.fullmatch(traceparent)
+    if m is None or m.group(1) == "ff":
+        return None
+    trace_id, span_id = int(m.group(2), 16), int(m.group(3), 16)
+    if not trace_id or not span_id:
+        return None
+    sc = SpanContext(
+        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(m.group(4), 16) & 0xFF)
+    )
+    return trace.set_span_in_context(NonRecordingSpan(sc))
 
 
 def link(traceparent: str) -> Link | None:
