@@ -237,6 +237,7 @@ def test_hostile_files_are_refused_with_bounded_output(tmp_path: Path) -> None:
         ("gateway.delivery_lag_p99_seconds.intents", True),
         ("notifier.commit_lag_p50_seconds.audit_logs", True),
         ("etl.store_lag_p99_seconds.audit_logs", True),
+        ("gateway.delivery_lag_p50_seconds.eu.orders", True),  # topics may hold dots
         ("gateway.delivery_lag_p99_seconds.", False),
         ("gateway.connections.intents", False),
     ],

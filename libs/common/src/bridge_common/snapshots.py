@@ -72,8 +72,8 @@ def known_metric(name: str) -> bool:
     """Whether the metrics API publishes `name` (a fixed name, or a lag metric per topic)."""
     if name in SNAPSHOT_METRICS:
         return True
-    base, dot, topic = name.rpartition(".")
-    return bool(dot and topic) and base in LAG_METRICS
+    # topic names may hold dots themselves: match the fixed part as a prefix
+    return any(name.startswith(m + ".") and len(name) > len(m) + 1 for m in LAG_METRICS)
 
 
 #: field of each stream entry holding the snapshot JSON
