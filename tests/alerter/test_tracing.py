@@ -1,6 +1,7 @@
 """The alerter's spans through a real `bridge-alerter` process (issue #18): each snapshot
 evaluation and each notification attempt is a span, exported to a local OTLP/HTTP
-receiver when `OTEL_EXPORTER_OTLP_ENDPOINT` is set."""
+receiver when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; a webhook carries the delivery span's
+`traceparent` header."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def test_evaluation_and_delivery_spans(
     Path(alerter_env["BRIDGE_ALERT_RULES"]).write_text(rules_yaml(receiver.url, RULE))
     feed.set({"audit.error_rate_5m": 0.2})
     spawn("alerter", {**alerter_env, **otel_env(otlp.url)})
-    receiver.wait(lambda: receiver.delivered("/hook"), what="firing webhook")
+    [hook] = receiver.wait(lambda: receiver.delivered("/hook"), what="firing webhook")
 
     evaluations = otlp.wait_for(
         lambda s: s.service == "bridge-alerter" and s.name == "alerter.evaluate"
@@ -54,3 +55,5 @@ def test_evaluation_and_delivery_spans(
     assert deliver.attributes["bridge.rule"] == "error_rate_high"
     assert deliver.attributes["bridge.kind"] == "firing"
     assert deliver.parent_span_id == ""
+    # the webhook carries the delivery span's context: the receiver can join the trace
+    assert hook.headers["traceparent"].startswith(f"00-{deliver.trace_id}-{deliver.span_id}-")
