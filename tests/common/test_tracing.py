@@ -103,7 +103,7 @@ async def test_configure_installs_an_otlp_exporter_and_shutdown_returns() -> Non
         assert tracing.enabled() and tracing.tracer("bridge.notifier") is not None
         tracing.record("bridge.notifier", "relay.publish", TP, 0)
     finally:
-        await tracing.shutdown(deadline=10.0)
+        await tracing.shutdown(deadline=1.0)
     assert not tracing.enabled()
 
 

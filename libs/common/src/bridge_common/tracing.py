@@ -57,6 +57,8 @@ MAX_LINKS = 64
 _propagator = TraceContextTextMapPropagator()
 _provider: TracerProvider | None = None
 _tracers: dict[str, Tracer] = {}
+#: the exporters `configure` installed (interrupted by `shutdown` when the collector hangs)
+_exporters: list[Any] = []
 
 _ON = ("otlp", "console")
 
@@ -109,6 +111,7 @@ def configure(service: str, instance: str, env: Mapping[str, str] | None = None)
     for exporter in chosen:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     install(provider)
+    _exporters[:] = chosen
     log.info("tracing.enabled", exporters=[type(e).__name__ for e in chosen])
     return True
 
@@ -147,19 +150,26 @@ def enabled() -> bool:
     return _provider is not None
 
 
-async def shutdown(deadline: float = 5.0) -> None:
-    """Flush and stop the exporter (on a thread: an unreachable collector must not hold
-    the event loop), giving up after `deadline` seconds."""
+async def shutdown(deadline: float = 3.0) -> None:
+    """Flush and stop the exporter on a thread (an unreachable collector must not hold the
+    event loop). A flush still retrying after `deadline` seconds is interrupted — its
+    spans are dropped — so a collector that is down delays shutdown by `deadline`, no more."""
     global _provider
     provider, _provider = _provider, None
+    exporters, _exporters[:] = list(_exporters), []
     _tracers.clear()
     stop = getattr(provider, "shutdown", None)
     if stop is None:
         return
-    try:
-        await asyncio.wait_for(asyncio.to_thread(stop), deadline)
-    except TimeoutError:
-        log.warning("tracing.shutdown_timeout", seconds=deadline)
+    done = asyncio.ensure_future(asyncio.to_thread(stop))
+    finished, _ = await asyncio.wait([done], timeout=deadline)
+    if finished:
+        return
+    log.warning("tracing.shutdown_interrupted", seconds=deadline, reason="collector unreachable")
+    for exporter in exporters:
+        # ends the export's retry wait at once; the provider's shutdown then returns
+        exporter.shutdown()
+    await asyncio.wait([done], timeout=2.0)
 
 
 # -- the application's trace ------------------------------------------------------------
