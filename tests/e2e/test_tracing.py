@@ -221,7 +221,7 @@ async def test_an_exporter_that_is_down_leaves_the_services_unaffected(
     spawn, bridge_env, watched
 ) -> None:
     env = _env(bridge_env, f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    spawn("notifier", env)
+    notifier = spawn("notifier", env)
     gw = spawn("gateway", env)
     await until(lambda: _topic_known(bridge_env), 20, "the topic registered")
     ws = asyncio.create_task(_ws_events(gw, 3))
@@ -231,6 +231,9 @@ async def test_an_exporter_that_is_down_leaves_the_services_unaffected(
     frames = await ws
     assert [f["data"]["actor"] for f in frames] == ["down-0", "down-1", "down-2"]
     assert all(f["traceparent"] == TP for f in frames)
+    # and they stop cleanly (the export that cannot leave is abandoned)
+    assert await asyncio.to_thread(gw.stop) == 0
+    assert await asyncio.to_thread(notifier.stop) == 0
 
 
 async def test_each_hops_lag_histogram_moves_with_an_injected_delay(
