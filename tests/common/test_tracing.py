@@ -234,3 +234,13 @@ def test_traces_endpoint_follows_the_otlp_http_convention() -> None:
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:9999/traces",
     }
     assert tracing.traces_endpoint(both) == "http://t:9999/traces"
+
+
+def test_recent_quantiles_report_the_slowest_topics_only() -> None:
+    h = Histogram(
+        "t_many_seconds", "t", ["topic"], buckets=LAG_BUCKETS, registry=CollectorRegistry()
+    )
+    for i in range(10):
+        h.labels(f"t{i}").observe(0.001 * (i + 1) ** 3)
+    got = RecentQuantiles(h, max_topics=3).read(now=0.0)
+    assert set(got) == {"t9", "t8", "t7"}

@@ -73,9 +73,13 @@ class RecentQuantiles:
     the difference against the newest reading at least `window` old (or the oldest kept,
     or none at the first call)."""
 
-    def __init__(self, histogram: Any, window: float = 60.0, keep: int = 64) -> None:
+    def __init__(
+        self, histogram: Any, window: float = 60.0, keep: int = 64, max_topics: int = 50
+    ) -> None:
         self.histogram = histogram
         self.window = window
+        #: a heartbeat carries at most this many topics: the slowest (by p99)
+        self.max_topics = max_topics
         self._past: deque[tuple[float, dict[str, tuple[list[float], list[float]]]]] = deque(
             maxlen=keep
         )
@@ -95,7 +99,8 @@ class RecentQuantiles:
         return out
 
     def read(self, now: float | None = None) -> dict[str, dict[str, float | int | None]]:
-        """{topic: {"p50": s, "p99": s, "count": n}} for topics with events in the window."""
+        """{topic: {"p50": s, "p99": s, "count": n}} for topics with events in the window
+        (the `max_topics` slowest by p99 when more had some)."""
         now = time.monotonic() if now is None else now
         current = self._read()
         base: dict[str, tuple[list[float], list[float]]] = {}
@@ -119,4 +124,7 @@ class RecentQuantiles:
                 "p99": None if p99 is None else round(p99, 4),
                 "count": int(counts[-1]),
             }
+        if len(result) > self.max_topics:
+            slowest = sorted(result, key=lambda t: result[t]["p99"] or 0.0, reverse=True)
+            result = {t: result[t] for t in slowest[: self.max_topics]}
         return result
