@@ -229,3 +229,19 @@ def test_hostile_files_are_refused_with_bounded_output(tmp_path: Path) -> None:
     not_utf8.write_bytes(b"rules:\n  - name: \xff\xfe\n")
     with pytest.raises(RulesError, match="not UTF-8"):
         load_rules(not_utf8)
+
+
+@pytest.mark.parametrize(
+    ("metric", "known"),
+    [
+        ("gateway.delivery_lag_p99_seconds.intents", True),
+        ("notifier.commit_lag_p50_seconds.audit_logs", True),
+        ("etl.store_lag_p99_seconds.audit_logs", True),
+        ("gateway.delivery_lag_p50_seconds.eu.orders", True),  # topics may hold dots
+        ("gateway.delivery_lag_p99_seconds.", False),
+        ("gateway.connections.intents", False),
+    ],
+)
+def test_lag_metrics_are_known_per_topic(metric: str, known: bool) -> None:
+    rs = parse_rules(GOOD.replace("audit.error_rate_5m\n", f"{metric}\n"), "r.yaml")
+    assert (not rs.warnings) is known

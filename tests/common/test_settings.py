@@ -80,6 +80,17 @@ def test_env_file_is_read(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert GatewayLike().namespace == "fromfile"
 
 
+def test_otel_settings_become_the_standard_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert GatewayLike().otel_env() == {}
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", " http://collector:4318 ")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "OTLP, console")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
+    assert GatewayLike().otel_env() == {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+        "OTEL_TRACES_EXPORTER": "otlp,console",
+    }
+
+
 def test_cluster_nodes_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRIDGE_REDIS_CLUSTER_NODES", "127.0.0.1:7000, 127.0.0.1:7001")
     assert GatewayLike().cluster_nodes == [("127.0.0.1", 7000), ("127.0.0.1", 7001)]
@@ -96,6 +107,14 @@ def test_cluster_nodes_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
         ("DATABASE_URL", "mysql-ish", "BRIDGE_SOURCE_DSN"),
         ("BRIDGE_LOG_LEVEL", "loud", "BRIDGE_LOG_LEVEL"),
         ("BRIDGE_SNAPSHOT_INTERVAL", "-1", "BRIDGE_SNAPSHOT_INTERVAL"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "grpc://c:4317",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ),
+        ("OTEL_TRACES_EXPORTER", "jaeger", "OTEL_TRACES_EXPORTER"),
+        ("OTEL_SDK_DISABLED", "maybe", "OTEL_SDK_DISABLED"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(

@@ -73,9 +73,23 @@ def dashboard(api_env, tmp_path_factory, db, r, namespace) -> Iterator[ServicePr
         r,
         namespace,
         [
-            heartbeat("gateway", "gateway-a", {"connections": 41}),
             heartbeat(
-                "notifier", "notifier-a", {"lag_seconds": 0.12, "outbox_backlog": 0, "leader": True}
+                "gateway",
+                "gateway-a",
+                {
+                    "connections": 41,
+                    "delivery_lag": {"intents": {"p50": 0.012, "p99": 3.5, "count": 9}},
+                },
+            ),
+            heartbeat(
+                "notifier",
+                "notifier-a",
+                {
+                    "lag_seconds": 0.12,
+                    "outbox_backlog": 0,
+                    "leader": True,
+                    "commit_lag": {"intents": {"p50": 0.004, "p99": 0.02, "count": 9}},
+                },
             ),
             heartbeat("etl", "etl-a", {"lag_seconds": 0.8}),
             heartbeat("etl", "etl-b", {"lag_seconds": 0.5}, age=60, interval=1),
@@ -169,6 +183,11 @@ def test_dashboard_shows_live_data_without_console_errors(
     assert "metrics_api" in text(p, "#services")
     assert p.locator("#services tr.down").count() == 1 and "etl-b" in text(p, "#services tr.down")
     assert "polling" in text(p, "#conn")
+    # delivery lag per topic and hop (p50 / p99, last minute); the slow p99 stands out
+    lag_row = p.locator("#lag tr").first
+    assert text(p, "#lag tr td.name") == "intents"
+    assert "4 ms / 20 ms" in lag_row.inner_text() and "12 ms / 3.5 s" in lag_row.inner_text()
+    assert lag_row.locator("td.bad").count() == 1
 
     # live: new rows appear without a reload
     before = int(text(p, "#t-events").replace(",", ""))

@@ -3,7 +3,8 @@
 The event wire form is fixed by the contract:
 ``{"type":"event","topic":T,"id":ID,"op":..,"key":..,"data":{..},"ts":..}``.
 A row larger than `BRIDGE_MAX_EVENT_BYTES` travels without its data:
-``{…,"op":..,"key":..,"too_large":true,"size":N,"ts":..}``.
+``{…,"op":..,"key":..,"too_large":true,"size":N,"ts":..}``. A row written by a transaction
+that set `bridge.traceparent` ends with ``,"traceparent":"00-…"`` (absent otherwise).
 An event travels as a *fragment* (everything after ``id``) that :func:`assemble_event`
 joins with the topic prefix and the id — the same bytes for live fan-out, for replay from
 Redis and for replay from the PostgreSQL history, encoded once.
@@ -48,6 +49,8 @@ class Event(msgspec.Struct, tag_field="type", tag="event", kw_only=True, omit_de
     #: the row was larger than the notifier's BRIDGE_MAX_EVENT_BYTES: `size` bytes, no data
     too_large: bool = False
     size: int | None = None
+    #: the W3C traceparent the writing transaction set (`bridge.traceparent`), if any
+    traceparent: str | None = None
 
 
 _event_decoder = msgspec.json.Decoder(Event)
@@ -63,12 +66,22 @@ def event_prefix(topic: str) -> bytes:
     return b'{"type":"event","topic":' + _encoder.encode(topic) + b',"id":"'
 
 
-def event_fragment(op: str, key: str, data: Any, ts: str) -> bytes:
+def event_fragment(op: str, key: str, data: Any, ts: str, traceparent: str | None = None) -> bytes:
     """The bytes after the event id, from Python values."""
-    return event_fragment_raw(op, key, _encoder.encode(data), ts)
+    return event_fragment_raw(op, key, _encoder.encode(data), ts, traceparent)
 
 
-def event_fragment_raw(op: str, key: str, data_json: bytes | str, ts: str) -> bytes:
+def _tail(ts: str, traceparent: str | None) -> bytes:
+    if traceparent is None:
+        return b',"ts":' + _encoder.encode(ts) + b"}"
+    return (
+        b',"ts":' + _encoder.encode(ts) + b',"traceparent":' + _encoder.encode(traceparent) + b"}"
+    )
+
+
+def event_fragment_raw(
+    op: str, key: str, data_json: bytes | str, ts: str, traceparent: str | None = None
+) -> bytes:
     """The bytes after the event id, splicing already-encoded row JSON (no re-encode)."""
     if isinstance(data_json, str):
         data_json = data_json.encode()
@@ -79,13 +92,13 @@ def event_fragment_raw(op: str, key: str, data_json: bytes | str, ts: str) -> by
         + _encoder.encode(key)
         + b',"data":'
         + data_json
-        + b',"ts":'
-        + _encoder.encode(ts)
-        + b"}"
+        + _tail(ts, traceparent)
     )
 
 
-def event_fragment_too_large(op: str, key: str, size: int, ts: str) -> bytes:
+def event_fragment_too_large(
+    op: str, key: str, size: int, ts: str, traceparent: str | None = None
+) -> bytes:
     """The bytes after the event id for a row larger than the limit: key and size, no data."""
     return (
         b'","op":'
@@ -94,10 +107,21 @@ def event_fragment_too_large(op: str, key: str, size: int, ts: str) -> bytes:
         + _encoder.encode(key)
         + b',"too_large":true,"size":'
         + str(int(size)).encode()
-        + b',"ts":'
-        + _encoder.encode(ts)
-        + b"}"
+        + _tail(ts, traceparent)
     )
+
+
+#: how an event (or fragment) carrying a traceparent ends: the marker, 55 characters, `"}`
+_TP_MARK = b',"traceparent":"'
+_TP_TAIL = len(_TP_MARK) + 55 + 2
+
+
+def fragment_traceparent(raw: bytes) -> str | None:
+    """The traceparent an event's (or fragment's) bytes end with, without decoding them —
+    the field is always last when present (see `event_fragment_raw`)."""
+    if len(raw) < _TP_TAIL or raw[-_TP_TAIL : -_TP_TAIL + len(_TP_MARK)] != _TP_MARK:
+        return None
+    return raw[-57:-2].decode("ascii", "replace")
 
 
 def assemble_event(topic: str, event_id: str | bytes, fragment: bytes) -> bytes:

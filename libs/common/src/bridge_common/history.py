@@ -24,7 +24,8 @@ HOUR_MS = 3_600_000
 #: the events of one topic after a position, oldest first, in the columns `fragment` reads
 READ_AFTER = (
     "SELECT ms, n, op, key, payload::text, size, "
-    """to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') FROM bridge.history """
+    """to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), traceparent """
+    "FROM bridge.history "
     "WHERE topic = %(topic)s AND (ms, n) > (%(ms)s, %(n)s) "
     # the bound on `ms` alone lets the planner skip the partitions before it
     "AND ms >= %(ms)s ORDER BY ms, n LIMIT %(limit)s"
@@ -55,7 +56,7 @@ def next_position(last: Position, now_ms: int) -> Position:
 
 def fragment(row: Sequence[Any]) -> tuple[Position, bytes]:
     """A `READ_AFTER` row → (its position, the fragment that was published)."""
-    ms, n, op, key, payload, size, ts = row
+    ms, n, op, key, payload, size, ts, traceparent = row
     if payload is None:
-        return (ms, n), event_fragment_too_large(op, key, size or 0, ts)
-    return (ms, n), event_fragment_raw(op, key, payload, ts)
+        return (ms, n), event_fragment_too_large(op, key, size or 0, ts, traceparent)
+    return (ms, n), event_fragment_raw(op, key, payload, ts, traceparent)

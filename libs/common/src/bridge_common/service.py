@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from . import liveness
+from . import liveness, tracing
 from .channels import Channels
 from .events import Heartbeat, dumps
 from .http_guard import HttpLimits, guarded_protocol
@@ -123,6 +123,8 @@ class Service:
             settings.log_format, settings.log_level, service=self.name, instance=self.instance
         )
         self.log = get_logger(self.name)
+        # OpenTelemetry when the OTEL_* variables ask for it, else no-op (bridge_common.tracing)
+        tracing.configure(self.name, self.instance, settings.otel_env())
 
     # -- registration -------------------------------------------------------------------
     def add_worker(self, name: str, fn: Worker) -> None:
@@ -333,6 +335,7 @@ class Service:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            await tracing.shutdown()
         if failed:
             self.log.error("service.failed", failed=failed)
             exit_code = 1

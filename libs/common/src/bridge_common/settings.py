@@ -183,6 +183,17 @@ class BridgeSettings(BaseSettings):
     http_max_pending_per_ip: int = Field(
         default=1024, ge=1, le=1_000_000, validation_alias="BRIDGE_HTTP_MAX_PENDING_PER_IP"
     )
+    # -- OpenTelemetry (bridge_common.tracing): the standard variables, no BRIDGE_ prefix ---
+    #: OTLP/HTTP collector base URL (spans go to `<url>/v1/traces`); set → spans exported
+    otel_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    #: the full traces URL, when it is not `<OTEL_EXPORTER_OTLP_ENDPOINT>/v1/traces`
+    otel_traces_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    #: `otlp`, `console` (both, comma-separated) or `none`; unset: `otlp` when an endpoint is
+    otel_traces_exporter: str | None = Field(default=None, validation_alias="OTEL_TRACES_EXPORTER")
+    #: `true`: no spans whatever else is set
+    otel_sdk_disabled: bool = Field(default=False, validation_alias="OTEL_SDK_DISABLED")
 
     @classmethod
     def settings_customise_sources(
@@ -222,6 +233,44 @@ class BridgeSettings(BaseSettings):
         if not v.startswith(("postgresql://", "postgres://")) and "=" not in v:
             raise ValueError("must be a postgresql:// URL or a libpq key=value string")
         return v
+
+    @field_validator("otel_endpoint", "otel_traces_endpoint", "otel_traces_exporter", mode="before")
+    @classmethod
+    def _blank_otel(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("otel_endpoint", "otel_traces_endpoint")
+    @classmethod
+    def _check_otel_endpoint(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        scheme, sep, rest = v.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest.split("/")[0]:
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+    @field_validator("otel_traces_exporter")
+    @classmethod
+    def _check_otel_exporter(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        names = [n.strip().lower() for n in v.split(",")]
+        bad = [n for n in names if n not in ("otlp", "console", "none")]
+        if bad:
+            raise ValueError(f"unsupported exporter {bad[0]!r} (use otlp, console or none)")
+        return ",".join(names)
+
+    def otel_env(self) -> dict[str, str]:
+        """The OpenTelemetry settings as the standard variables (for `tracing.configure`),
+        whether they came from the environment or from `.env`."""
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.otel_endpoint,
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": self.otel_traces_endpoint,
+            "OTEL_TRACES_EXPORTER": self.otel_traces_exporter,
+            "OTEL_SDK_DISABLED": "true" if self.otel_sdk_disabled else None,
+        }
+        return {k: v for k, v in env.items() if v is not None}
 
     @field_validator("redis_url")
     @classmethod

@@ -15,6 +15,15 @@ from .channels import Channels
 from .events import MetricsSnapshot, decode_snapshot, dumps
 from .redis import AnyRedis, is_cluster
 
+#: delivery-lag quantiles per hop: commit → relay publish, publish → gateway send,
+#: publish → ETL store (bridge_common.lag); each comes once for the worst topic under this
+#: name and once per topic as `<name>.<topic>`
+LAG_METRICS = frozenset(
+    f"{hop}_lag_{q}_seconds"
+    for hop in ("notifier.commit", "gateway.delivery", "etl.store")
+    for q in ("p50", "p99")
+)
+
 #: the metrics the contract promises in every snapshot
 CONTRACT_METRICS = frozenset(
     {
@@ -52,8 +61,20 @@ SNAPSHOT_METRICS = CONTRACT_METRICS | frozenset(
         "source_db.up",
         "target_db.up",
         "etl.timescale_jobs_failing",
+        # delivery lag (issue #18), the worst topic over the last minute; null when no
+        # event passed that hop then. Each also per topic: `<name>.<topic>` (see below).
+        *LAG_METRICS,
     }
 )
+
+
+def known_metric(name: str) -> bool:
+    """Whether the metrics API publishes `name` (a fixed name, or a lag metric per topic)."""
+    if name in SNAPSHOT_METRICS:
+        return True
+    # topic names may hold dots themselves: match the fixed part as a prefix
+    return any(name.startswith(m + ".") and len(name) > len(m) + 1 for m in LAG_METRICS)
+
 
 #: field of each stream entry holding the snapshot JSON
 SNAPSHOT_FIELD = "snapshot"

@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 import httpx
 import msgspec
+from bridge_common import tracing
 from bridge_common.channels import ALERTS_TOPIC
 from bridge_common.events import event_fragment
 from bridge_common.logging import get_logger
@@ -185,7 +186,8 @@ class Dispatcher:
                 await self._ack(d)
                 return
             try:
-                await self._attempt(d)
+                with tracing.span("bridge.alerter", "alerter.deliver", _span_attributes(d)):
+                    await self._attempt(d)
             except DeliveryError as exc:
                 metrics.ATTEMPTS.labels(d.channel, "retry" if exc.retry else "rejected").inc()
                 if not exc.retry:
@@ -294,6 +296,15 @@ class Dispatcher:
 
 class _UnknownChannel(Exception):
     pass
+
+
+def _span_attributes(d: Delivery) -> dict[str, str | int]:
+    return {
+        "bridge.rule": d.notice.rule,
+        "bridge.channel": d.channel,
+        "bridge.kind": d.kind,
+        "bridge.delivery_id": d.id,
+    }
 
 
 def _iso(ts: float) -> str:

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+from bridge_common import tracing
 from bridge_common.channels import Channels
 from bridge_common.events import MetricsSnapshot
 from bridge_common.logging import get_logger
@@ -197,22 +198,29 @@ class Evaluator:
             await self._reconcile()  # a reload: forget removed rules before using new ones
         ruleset = self._ruleset
         assert ruleset is not None
-        silenced = await self._active_silences()
-        now = snapshot.ts
-        for rule in ruleset.rules:
-            fp = rule.fingerprint
-            current = self.states.get(fp) or AlertState.new(rule)
-            silence = silenced.get(rule.name)
-            result = step(
-                rule,
-                current,
-                snapshot.metrics.get(rule.metric),
-                now,
-                grace=self.settings.resolve_grace,
-                silenced_by=silence.id if silence else None,
-            )
-            if result.changed:
-                await self._commit(result, rule.notify, now)
+        with tracing.span(
+            "bridge.alerter", "alerter.evaluate", {"bridge.rules": len(ruleset.rules)}
+        ) as span:
+            silenced = await self._active_silences()
+            now = snapshot.ts
+            changed = 0
+            for rule in ruleset.rules:
+                fp = rule.fingerprint
+                current = self.states.get(fp) or AlertState.new(rule)
+                silence = silenced.get(rule.name)
+                result = step(
+                    rule,
+                    current,
+                    snapshot.metrics.get(rule.metric),
+                    now,
+                    grace=self.settings.resolve_grace,
+                    silenced_by=silence.id if silence else None,
+                )
+                if result.changed:
+                    changed += 1
+                    await self._commit(result, rule.notify, now)
+            if span is not None:
+                span.set_attribute("bridge.changed", changed)
 
     async def _restore_lost_states(self) -> None:
         """Write back the states Redis forgot while this leader kept them (see docstring)."""

@@ -16,6 +16,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+from bridge_common import tracing
 from bridge_common.events import AlertNotice, dumps
 
 from .destinations import DestinationError, IPNetwork, check_resolved
@@ -106,6 +107,9 @@ async def send(
         body = webhook_body(notice)
         if channel.secret:
             headers[SIGNATURE_HEADER] = sign(channel.secret, body)
+        # traced: the receiver may join the `alerter.deliver` span's trace (W3C header)
+        if tracing.enabled() and (tp := tracing.current_traceparent()) is not None:
+            headers["traceparent"] = tp
     try:
         async with asyncio.timeout(call_timeout):
             if allowed is not None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from bridge_common.snapshots import SNAPSHOT_METRICS
+from bridge_common.snapshots import SNAPSHOT_METRICS, known_metric
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -392,7 +392,7 @@ class _Checker:
             fields["name"] = self.string(n, f"{path}.name", pattern=_NAME_RE)
         if (n := value("metric")) is not None:
             metric = self.string(n, f"{path}.metric", pattern=_METRIC_RE)
-            if metric is not None and metric not in KNOWN_METRICS:
+            if metric is not None and not known_metric(metric):
                 self.warnings.append(
                     f"{self.filename}:{_line(n)}: {path}.metric: {metric!r} is not a metric the "
                     "metrics API is known to publish"

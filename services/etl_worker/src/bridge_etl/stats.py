@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from bridge_common.lag import LAG_BUCKETS, RecentQuantiles, id_seconds
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .jobs import JobState
@@ -75,6 +76,14 @@ class EtlStats:
             registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.m_store_lag = Histogram(
+            "bridge_etl_store_lag_seconds",
+            "From the event's publish (its id) to its load committed in the target, per topic",
+            ["topic"],
+            registry=registry,
+            buckets=LAG_BUCKETS,
+        )
+        self.recent_lag = RecentQuantiles(self.m_store_lag)
         self.m_watermark = Gauge(
             "bridge_etl_polling_watermark",
             "Source id up to which polling is settled",
@@ -168,6 +177,13 @@ class EtlStats:
         self.m_duplicates.labels(origin).inc(duplicates)
         self.m_batch.labels(origin).observe(seconds)
 
+    def store_lag(self, topic: str, ids: Sequence[bytes | str], now: float) -> None:
+        observe = self.m_store_lag.labels(topic).observe
+        for i in ids:
+            at = id_seconds(i)
+            if at is not None:
+                observe(now - at if now > at else 0.0)
+
     def dead_lettered(self, origin: str, n: int) -> None:
         self.dead_letters_total += n
         self.m_dead.labels(origin).inc(n)
@@ -232,6 +248,8 @@ class EtlStats:
             "stream_losses_total": self.stream_losses_total,
             "last_stream_loss": self.last_loss,
             "repairs_total": self.repairs_total,
+            # publish → store per topic over the last minute: {topic: {p50, p99, count}}
+            "store_lag": self.recent_lag.read(),
         }
         if self._jobs is not None:
             failing = [j for j in self._jobs if j.failing]

@@ -39,9 +39,10 @@ from typing import Any
 
 import msgspec
 import psycopg
+from bridge_common import tracing
 from bridge_common.channels import Channels
 from bridge_common.db import Backoff
-from bridge_common.events import assemble_event, decode_event
+from bridge_common.events import assemble_event, decode_event, fragment_traceparent
 from bridge_common.logging import get_logger
 from bridge_common.redis import AnyRedis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -290,7 +291,21 @@ class StreamConsumer:
         if not entries:
             return
         rows, rejects, _ = parse_entries(entries)
-        await self.sink.load(rows, rejects, origin=ORIGIN, stop=self._stop)
+        if tracing.enabled():
+            traced = [tp for _, f in entries if (tp := fragment_traceparent(f.get(b"f", b"")))]
+            with tracing.events_span(
+                "bridge.etl",
+                "etl.load",
+                traced,
+                {"bridge.topic": TOPIC, "bridge.events": len(entries), "bridge.rows": len(rows)},
+                untraced=len(traced) < len(entries),
+                kind=tracing.SpanKind.CONSUMER,
+            ):
+                await self.sink.load(rows, rejects, origin=ORIGIN, stop=self._stop)
+        else:
+            await self.sink.load(rows, rejects, origin=ORIGIN, stop=self._stop)
+        # stored (committed): publish → store lag of each entry, by the id's publish time
+        self.stats.store_lag(TOPIC, [e[0] for e in entries], time.time())
         await self.redis.xack(self.stream, self.group, *[e[0] for e in entries])
 
     async def read_new(self, block: bool) -> int:

@@ -186,6 +186,8 @@ class Gateway:
             "topics": len(self.hub.feeds),
             "redis_live": self.hub.connected.is_set(),
             **self.presence.status(),
+            # publish → send per topic over the last minute: {topic: {p50, p99, count}}
+            "delivery_lag": metrics.RECENT_DELIVERY_LAG.read(),
         }
 
     def count_replayed(self, n: int) -> None:

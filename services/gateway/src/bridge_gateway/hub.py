@@ -21,9 +21,10 @@ import time
 from typing import Any
 
 import msgspec
+from bridge_common import tracing
 from bridge_common.channels import Channels
 from bridge_common.db import Backoff
-from bridge_common.events import event_prefix
+from bridge_common.events import event_prefix, fragment_traceparent
 from bridge_common.logging import get_logger
 from bridge_common.redis import AnyRedis, is_cluster
 from redis.exceptions import RedisError
@@ -136,6 +137,7 @@ class Feed:
         self.overflow = False
         self.sync_task: asyncio.Task[None] | None = None
         self.events_in = metrics.EVENTS_IN.labels(topic)
+        self.lag = metrics.DELIVERY_LAG.labels(topic)
 
     def add(self, sub: Subscription) -> None:
         key = sub.filter_key
@@ -401,6 +403,8 @@ class Hub:
             return  # already delivered (live and replay overlap)
         feed.last_id = event_id
         feed.events_in.inc()
+        traced = tracing.enabled()
+        started = time.time_ns() if traced else 0
         d = Delivery(feed.topic, raw, id_bytes)
         decoded: _RowOnly | None = None
         n = 0
@@ -417,4 +421,21 @@ class Hub:
         if n:
             metrics.EVENTS_OUT.inc(n)
         if live:
-            metrics.FANOUT_LATENCY.observe(max(0.0, time.time() - event_id[0] / 1000.0))
+            lag = max(0.0, time.time() - event_id[0] / 1000.0)
+            metrics.FANOUT_LATENCY.observe(lag)
+            feed.lag.observe(lag)  # publish (the id's time) → queued on every client
+        if traced:
+            tracing.record(
+                "bridge.gateway",
+                "gateway.fanout",
+                fragment_traceparent(raw),
+                started,
+                {
+                    "bridge.topic": feed.topic,
+                    "bridge.event_id": id_bytes.decode(),
+                    "bridge.groups": len(feed.groups),
+                    "bridge.deliveries": n,
+                    "bridge.live": live,
+                },
+                kind=tracing.SpanKind.CONSUMER,
+            )

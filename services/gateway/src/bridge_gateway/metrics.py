@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bridge_common.lag import LAG_BUCKETS, RecentQuantiles
 from prometheus_client import Counter, Gauge, Histogram
 
 CONNECTIONS = Gauge("bridge_gateway_connections", "Open client connections", ["transport"])
@@ -48,3 +49,12 @@ PRESENCE_INFO_DROPPED = Counter(
     "bridge_gateway_presence_info_dropped_total",
     "Clients listed with info null because their token's info claim was too large",
 )
+DELIVERY_LAG = Histogram(
+    "bridge_gateway_delivery_lag_seconds",
+    "From the event's publish (the time in its id) to queued on every matching client, "
+    "per topic (live fan-out only, not replays)",
+    ["topic"],
+    buckets=LAG_BUCKETS,
+)
+#: p50/p99 of DELIVERY_LAG per topic over the last minute, for the heartbeat
+RECENT_DELIVERY_LAG = RecentQuantiles(DELIVERY_LAG)

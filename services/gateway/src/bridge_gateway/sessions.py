@@ -16,6 +16,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from bridge_common import tracing
 from bridge_common.channels import ALERTS_TOPIC
 from bridge_common.events import Ping, Subscribe, Unsubscribe, decode_client_message
 from bridge_common.logging import get_logger
@@ -165,6 +166,7 @@ class Session:
                 return
             last = since
             lost: HistoryLost | None = None
+            span = tracing.start_span("bridge.gateway", "gateway.replay", {"bridge.topic": topic})
             try:
                 async for batch in self.gw.history.read_after(topic, since):
                     for event_id, id_bytes, raw in batch:
@@ -177,6 +179,7 @@ class Session:
                     self.gw.count_replayed(len(batch))
             except HistoryLost as exc:
                 lost = exc
+            tracing.end_span(span, {"bridge.history_lost": lost is not None})
             if lost is not None:
                 self.gw.count_history_lost()
                 client.send_error(lost)

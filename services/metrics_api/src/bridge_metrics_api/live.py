@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -187,6 +187,9 @@ class LiveFigures:
     instances_up: dict[str, int]
     #: per replica and per topic, when gateways write presence leases
     gateway_presence: GatewayPresence | None = None
+    #: hop (`commit`, `delivery`, `store`) → topic → {"p50", "p99"} over the last minute,
+    #: the worst instance's figure
+    lag: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
 
 
 def figures(found: list[Instance], presence: GatewayPresence | None = None) -> LiveFigures:
@@ -218,7 +221,29 @@ def figures(found: list[Instance], presence: GatewayPresence | None = None) -> L
         services_down=len(found) - len(up),
         instances_up=dict(Counter(i.hb.service for i in up)),
         gateway_presence=presence,
+        lag={
+            "commit": _lag(pick, "commit_lag"),
+            "delivery": _lag(gateways, "delivery_lag"),
+            "store": _lag(etls, "store_lag"),
+        },
     )
+
+
+def _lag(instances: list[Instance], key: str) -> dict[str, dict[str, float | None]]:
+    """Per topic, the worst p50 and p99 any instance reports under `key` in its status
+    (instances see different clients and entries: the worst is what someone waited)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for i in instances:
+        per_topic = i.hb.status.get(key)
+        if not isinstance(per_topic, dict):
+            continue
+        for topic, q in per_topic.items():
+            if not isinstance(topic, str) or not isinstance(q, dict):
+                continue
+            have = out.setdefault(topic, {"p50": None, "p99": None})
+            for name in ("p50", "p99"):
+                have[name] = _max((have[name], number(q.get(name))))
+    return out
 
 
 def _max(values: Any) -> float | None:

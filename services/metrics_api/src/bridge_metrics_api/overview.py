@@ -95,6 +95,8 @@ class Overview:
                 "leader": lf.notifier_leader,
             },
             "etl": None if lf is None else {"lag_seconds": lf.etl_lag_seconds},
+            # per hop, per topic: {"p50", "p99"} seconds over the last minute
+            "lag": None if lf is None else lf.lag,
             "services": None
             if lf is None
             else {
@@ -175,6 +177,18 @@ def snapshot_metrics(ov: Overview) -> dict[str, float | None]:
     m["services.up"] = None if lf is None else float(lf.services_up)
     m["services.down"] = None if lf is None else float(lf.services_down)
     m["alerts.firing"] = None if ov.alerts is None else float(len(ov.alerts))
+    for hop, name in (
+        ("commit", "notifier.commit"),
+        ("delivery", "gateway.delivery"),
+        ("store", "etl.store"),
+    ):
+        per_topic = {} if lf is None else lf.lag.get(hop, {})
+        for q in ("p50", "p99"):
+            metric = f"{name}_lag_{q}_seconds"
+            present = [x for v in per_topic.values() if (x := v[q]) is not None]
+            m[metric] = max(present) if present else None
+            for topic, v in per_topic.items():
+                m[f"{metric}.{topic}"] = v[q]
     m["source_db.up"] = 0.0 if "intents" in ov.errors else 1.0
     m["target_db.up"] = 0.0 if "audit" in ov.errors else 1.0
     return m

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from bridge_common.lag import LAG_BUCKETS, RecentQuantiles
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -83,6 +84,15 @@ class RelayMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=registry,
         )
+        self.commit_lag = Histogram(
+            "bridge_notifier_commit_lag_seconds",
+            "From the row's commit (else its insert) to its event appended to Redis, per topic",
+            ["topic"],
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+        self._commit_lag: dict[str, Any] = {}
+        self.recent_lag = RecentQuantiles(self.commit_lag)
         self.published_total = 0
         self.is_leader = False
         self.last_backlog: int | None = None
@@ -104,6 +114,16 @@ class RelayMetrics:
             self.published.labels(topic).inc(n)
             self.published_total += n
 
+    def observe_commit_lag(self, committed: dict[str, list[float]], now: float) -> None:
+        """One observation per published event (`committed`: per topic, commit times)."""
+        for topic, times in committed.items():
+            child = self._commit_lag.get(topic)
+            if child is None:
+                child = self._commit_lag[topic] = self.commit_lag.labels(topic)
+            observe = child.observe
+            for t in times:
+                observe(now - t if now > t else 0.0)
+
     def status(self) -> dict[str, Any]:
         """Heartbeat facts; the metrics API reads exactly these keys."""
         fresh = (
@@ -116,4 +136,6 @@ class RelayMetrics:
             "lag_seconds": None if lag is None else round(lag, 3),
             "outbox_backlog": self.last_backlog if fresh else None,
             "published_total": self.published_total,
+            # commit → publish per topic over the last minute: {topic: {p50, p99, count}}
+            "commit_lag": self.recent_lag.read(),
         }

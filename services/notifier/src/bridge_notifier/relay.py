@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
+from bridge_common import tracing
 from bridge_common.channels import OUTBOX_NOTIFY_CHANNEL, Channels, InvalidTopic, check_topic
 from bridge_common.db import Backoff, connect_with_backoff, keepalive_conninfo
 from bridge_common.events import event_fragment_raw, event_fragment_too_large
@@ -102,12 +103,16 @@ def _chunks(items: list[tuple[str, bytes]], max_bytes: int) -> Iterator[list[tup
 class _Batch:
     """One outbox batch with its ids: what the move statement writes and what is published."""
 
-    __slots__ = ("moves", "by_topic", "max_ms")
+    __slots__ = ("moves", "by_topic", "max_ms", "committed", "traceparents")
 
     def __init__(self) -> None:
         self.moves = Moves()
         self.by_topic: dict[str, list[tuple[str, bytes]]] = {}
         self.max_ms = 0
+        #: per topic, each event's commit time (s since the epoch): the commit → publish lag
+        self.committed: dict[str, list[float]] = {}
+        #: the traceparents the batch's rows carry (the publish span links to them)
+        self.traceparents: list[str] = []
 
 
 class Relay:
@@ -261,7 +266,7 @@ class Relay:
                 rows = await outbox.move(batch.moves, limit, self.ids.state_rows(topics))
                 if publishing is not None:
                     await _settle(publishing)  # RedisUnavailable: caught up from the history
-                publishing = asyncio.ensure_future(self._publish(batch.by_topic))
+                publishing = asyncio.ensure_future(self._publish_batch(batch))
                 self.metrics.batch_seconds.observe(time.perf_counter() - started)
                 await self._stats_if_due(outbox)
         finally:
@@ -288,6 +293,8 @@ class Relay:
                 await self._start_topic(topic)
         assign = self.ids.assign
         by_topic = batch.by_topic
+        committed = batch.committed
+        traceparents = batch.traceparents
         for r in rows:
             seqs.append(r.seq)
             topic = r.topic
@@ -305,16 +312,21 @@ class Relay:
             payload = r.payload
             size = None if len(payload) <= small else _size_over(payload, limit)
             sizes.append(size)
+            tp = r.traceparent
+            if tp is not None:
+                traceparents.append(tp)
             if size is None:
-                frag = event_fragment_raw(r.op, r.key, payload, r.ts)
+                frag = event_fragment_raw(r.op, r.key, payload, r.ts, tp)
             else:
                 self.metrics.too_large.inc()
                 log.warning("outbox.row_too_large", topic=topic, key=r.key[:200], bytes=size)
-                frag = event_fragment_too_large(r.op, r.key, size, r.ts)
+                frag = event_fragment_too_large(r.op, r.key, size, r.ts, tp)
             items = by_topic.get(topic)
             if items is None:
                 items = by_topic[topic] = []
+                committed[topic] = []
             items.append((f"{pos[0]}-{pos[1]}", frag))
+            committed[topic].append(r.committed)
         batch.max_ms = max((m for m in mss if m is not None), default=0)
         return batch
 
@@ -354,6 +366,25 @@ class Relay:
         await store.save_published(self.ids, self.ids.dirty())
         self.metrics.republished.inc(total)
         log.info("history.republished", events=total, topics=len(behind))
+
+    async def _publish_batch(self, batch: _Batch) -> None:
+        """Publish a moved batch, then record each event's commit → publish lag. Traced:
+        one `relay.publish` span per application trace among the rows (see
+        `bridge_common.tracing.events_span`)."""
+        if tracing.enabled():
+            events = sum(len(v) for v in batch.by_topic.values())
+            with tracing.events_span(
+                "bridge.notifier",
+                "relay.publish",
+                batch.traceparents,
+                {"bridge.events": events, "bridge.topics": sorted(batch.by_topic)},
+                untraced=len(batch.traceparents) < events,
+                kind=tracing.SpanKind.PRODUCER,
+            ):
+                await self._publish(batch.by_topic)
+        else:
+            await self._publish(batch.by_topic)
+        self.metrics.observe_commit_lag(batch.committed, time.time())
 
     async def _publish(self, by_topic: dict[str, list[tuple[str, bytes]]]) -> None:
         """Publish each topic's events in id order; advance the published marks."""

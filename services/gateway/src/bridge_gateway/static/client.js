@@ -6,6 +6,8 @@
 //     filter: { status: ["failed", "corrected"] },
 //     onEvent: (event) => render(event),        // {type, topic, id, op, key, data, ts}
 //                                               // op: insert|update|delete|truncate
+//                                               // event.traceparent: the writer's W3C
+//                                               // trace context, when it set one
 //     onError: (err) => { if (err.code === "history_lost") reload(); },
 //   });
 //   ...; sub.close(); client.close();

@@ -143,8 +143,37 @@
       renderAlerts(ov.alerts.firing);
     }
     renderStatuses(ov.intents);
+    renderLag(ov.lag);
     const errs = Object.entries(ov.errors || {});
     showBanner(errs.length ? "Partly unavailable: " + errs.map((e) => e[1]).join("; ") : "");
+  }
+
+  // per topic and hop: p50 / p99 seconds over the last minute (overview `lag`)
+  function renderLag(lag) {
+    if (!lag) return;
+    const hops = ["commit", "delivery", "store"];
+    const topics = [...new Set(hops.flatMap((h) => Object.keys(lag[h] || {})))].sort();
+    $("lag-count").textContent = topics.length ? topics.length + " topics" : "";
+    if (!topics.length) {
+      const tr = el("tr");
+      const td = el("td", "empty", "No events in the last minute");
+      td.colSpan = 4;
+      tr.append(td);
+      replaceChildren($("lag"), [tr]);
+      return;
+    }
+    const limits = { commit: [1, 5], delivery: [0.5, 2], store: [10, 30] };
+    replaceChildren($("lag"), topics.slice(0, 20).map((t) => {
+      const tr = el("tr");
+      tr.append(el("td", "name", t));
+      for (const h of hops) {
+        const q = (lag[h] || {})[t];
+        const cell = el("td", q ? level(q.p99, limits[h][0], limits[h][1]) : "",
+          q ? fmtSeconds(q.p50) + " / " + fmtSeconds(q.p99) : "–");
+        tr.append(cell);
+      }
+      return tr;
+    }));
   }
 
   function renderAlerts(firing) {
