@@ -11,6 +11,7 @@ from .app import build_app
 from .archive import open_archive
 from .gateway import Gateway
 from .settings import Settings
+from .streaming import http_limits, streaming_protocol
 from .ws_protocol import GatewayWebSocketProtocol
 
 
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> None:
                 settings,
                 app=app,
                 uvicorn_options={
+                    # SSE write-through (`streaming.py`) on top of the common HTTP limits
+                    "http": streaming_protocol(http_limits(settings)),
                     "ws": GatewayWebSocketProtocol,
                     "ws_max_size": settings.max_frame_bytes,
                     "ws_ping_interval": settings.ping_interval,

@@ -37,3 +37,9 @@ FANOUT_LATENCY = Histogram(
     "From the event's append to its stream (Redis clock) to queued on every matching client",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+SSE_WRITES = Counter(
+    "bridge_gateway_sse_writes_total",
+    "SSE event writes: `immediate` went to an idle connection at once, `coalesced` joined "
+    "a backlog that goes out in one write when the socket drains",
+    ["mode"],
+)
