@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Literal
 
@@ -95,6 +96,17 @@ class Settings(BridgeSettings):
     redis_retry: float = Field(
         default=0.1, gt=0, le=60, validation_alias="BRIDGE_GATEWAY_REDIS_RETRY"
     )
+
+    #: processes serving the port (SO_REUSEPORT), each a whole gateway with its own Redis
+    #: subscriber and heartbeat: a number, or `auto` for one per CPU core available
+    workers: int = Field(default=1, ge=1, le=256, validation_alias="BRIDGE_GATEWAY_WORKERS")
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, v: object) -> object:
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return max(1, len(os.sched_getaffinity(0)))
+        return v
 
     @field_validator("jwt_secret")
     @classmethod
