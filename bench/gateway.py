@@ -228,6 +228,8 @@ class SseListener(asyncio.Protocol):
         self.buf = b""
         self.head = False
         self.transport: asyncio.Transport | None = None
+        #: True once the response head says 200, False when refused or closed before
+        self.answered: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
@@ -235,6 +237,8 @@ class SseListener(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.rec.closed += 1
+        if not self.answered.done():
+            self.answered.set_result(False)
 
     def disconnect(self) -> None:
         if self.transport is not None:
@@ -248,9 +252,11 @@ class SseListener(asyncio.Protocol):
                 self.buf = buf
                 return
             if not buf.startswith(b"HTTP/1.1 200"):
+                self.answered.set_result(False)
                 self.disconnect()
                 return
             self.head = True
+            self.answered.set_result(True)
             buf = buf[end + 4 :]
         rec = self.rec
         start = 0
@@ -302,9 +308,10 @@ async def connect_sse_many(
                     _, li = await loop.create_connection(
                         lambda: SseListener(rec, request, timing), host, int(port)
                     )
-                    out.append((li, li))
-                    return
-                except OSError:
+                    if await asyncio.wait_for(li.answered, 30):
+                        out.append((li, li))
+                        return
+                except (OSError, TimeoutError):
                     await asyncio.sleep(0.1 * (attempt + 1))
             failed += 1
 
