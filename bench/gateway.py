@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -109,12 +110,27 @@ class Proc:
                 time.sleep(0.05)
         raise RuntimeError(f"{self.name} not listening")
 
+    def _tree(self) -> list[psutil.Process]:
+        """The process and its children (the gateway's workers with BRIDGE_GATEWAY_WORKERS)."""
+        try:
+            return [self.ps, *self.ps.children(recursive=True)]
+        except psutil.Error:
+            return [self.ps]
+
     def rss(self) -> int:
-        return int(self.ps.memory_info().rss)
+        total = 0
+        for p in self._tree():
+            with contextlib.suppress(psutil.Error):
+                total += int(p.memory_info().rss)
+        return total
 
     def cpu(self) -> float:
-        t = self.ps.cpu_times()
-        return float(t.user + t.system)
+        total = 0.0
+        for p in self._tree():
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += float(t.user + t.system)
+        return total
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -448,8 +464,8 @@ async def latency_phase(
         rec = recs[t.name]
         conns[t.name] = await connect_target(t, args.clients, rec, True)
         n = len(conns[t.name])
-        if t.waits_for_ack:
-            await _wait(_subscribed(rec, n), 60)
+        if t.waits_for_ack and not await _wait(_subscribed(rec, n), 60):
+            print(f"  {t.name}: only {rec.subscribed} of {n} subscribed after 60 s", flush=True)
     await asyncio.sleep(1.0)
     total = int(args.rate * args.seconds)
     cpu0 = {t.name: t.proc.cpu() for t in targets}
@@ -477,6 +493,7 @@ async def latency_phase(
             "p99": _pct(rec.lat, 0.99),
             "max": max(rec.lat) * 1000 if rec.lat else float("nan"),
             "server_cpu": (t.proc.cpu() - cpu0[t.name]) / wall,
+            "lat": rec.lat,
         }
         await _close_all(conns[t.name])
     out["loadgen_cpu"] = me / wall
@@ -545,11 +562,34 @@ async def transports_phase(
     """Each server alone, one after the other, with the same load: latency, then (with
     `--rounds`) saturation."""
     out: dict[str, Any] = {"latency": {}, "saturation": {}}
-    for t in targets:
-        print(f"  latency alone: {t.name}, {args.clients} clients x {args.rate}/s", flush=True)
-        one = await latency_phase([t], writer, args)
-        out["latency"][t.name] = {**one[t.name], "loadgen_cpu": one["loadgen_cpu"]}
-        print(f"    {out['latency'][t.name]}", flush=True)
+    # rounds in alternating order (A B C, C B A, …), pooled: a change of the machine's
+    # background load during the run weighs on every server alike
+    part = argparse.Namespace(**{**vars(args), "seconds": args.seconds / args.lat_rounds})
+    runs: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+    for rnd in range(args.lat_rounds):
+        for t in targets if rnd % 2 == 0 else targets[::-1]:
+            print(f"  latency alone: {t.name}, {args.clients} clients x {args.rate}/s", flush=True)
+            one = await latency_phase([t], writer, part)
+            runs[t.name].append({**one[t.name], "loadgen_cpu": one["loadgen_cpu"]})
+            print(f"    {_brief(one[t.name])}", flush=True)
+    for name, parts in runs.items():
+        lat = array("d")
+        for r in parts:
+            lat.extend(r.pop("lat"))
+        n = len(parts)
+        out["latency"][name] = {
+            "clients": parts[0]["clients"],
+            "events": sum(r["events"] for r in parts),
+            "delivered": sum(r["delivered"] for r in parts),
+            "lost": sum(r["lost"] for r in parts),
+            "dup": sum(r["dup"] for r in parts),
+            "p50": _pct(lat, 0.50),
+            "p95": _pct(lat, 0.95),
+            "p99": _pct(lat, 0.99),
+            "max": max(lat) * 1000 if lat else float("nan"),
+            "server_cpu": sum(r["server_cpu"] for r in parts) / n,
+            "loadgen_cpu": sum(r["loadgen_cpu"] for r in parts) / n,
+        }
     for t in targets:
         if args.rounds:
             rounds = [await saturation_phase(t, rw, args) for _ in range(args.rounds)]
@@ -620,9 +660,12 @@ def report_transports(res: dict[str, Any], args: argparse.Namespace) -> str:
         "## Gateway transports: SSE vs WebSocket vs bare relays",
         "",
         f"`just bench gateway --transports --clients={args.clients} --rate={args.rate} "
-        f"--seconds={args.seconds} --rounds={args.rounds} --sat-clients={args.sat_clients} "
-        f"--sat-seconds={args.sat_seconds}{' --direct' if args.direct else ''}` — one run; "
-        "each server measured alone, one after the other, with the same load "
+        f"--seconds={args.seconds} --lat-rounds={args.lat_rounds} --rounds={args.rounds} "
+        f"--sat-clients={args.sat_clients} "
+        f"--sat-seconds={args.sat_seconds}{' --direct' if args.direct else ''}"
+        f"{f' --workers={args.workers}' if args.workers != '1' else ''}` — one run; "
+        "each server measured alone, one after the other in alternating rounds (pooled), with "
+        "the same load "
         f"({args.clients} clients × {args.rate:g} events/s × {args.seconds:g} s, every event "
         f"to every client, {path} → frame received). The machine was shared with other "
         "engineers' test runs (load average "
@@ -726,6 +769,7 @@ async def run(args: argparse.Namespace) -> str:
                 "BRIDGE_GATEWAY_PORT": str(gw_port),
                 "BRIDGE_JWT_SECRET": SECRET,
                 "BRIDGE_AUTH": "jwt",
+                "BRIDGE_GATEWAY_WORKERS": str(args.workers),
             },
             work,
         )
@@ -747,7 +791,19 @@ async def run(args: argparse.Namespace) -> str:
             work,
         )
         procs.append(relay)
-        gateway.wait_http(f"http://127.0.0.1:{gw_port}/readyz")
+        gateway.wait_http(f"http://127.0.0.1:{gw_port}/readyz", timeout=90)
+        workers = len(os.sched_getaffinity(0)) if args.workers == "auto" else int(args.workers)
+        if workers > 1:
+            # every worker listening (and heartbeating) before the clients connect
+            async def gateways() -> int:
+                fields = await r.hkeys(channels.services)
+                return sum(1 for f in fields if f.startswith(b"gateway/"))
+
+            deadline = time.monotonic() + 90
+            while await gateways() < workers:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"fewer than {workers} gateway workers came up")
+                await asyncio.sleep(0.2)
         relay.wait_port(rel_port)
         tok = jwt.encode(
             {"sub": "bench", "exp": int(time.time()) + 3600, "topics": ["*"]}, SECRET, "HS256"
@@ -788,6 +844,9 @@ async def run(args: argparse.Namespace) -> str:
             ]
             if "node" in refs:
                 compared.append(Target("Node ws relay", refs["node"][0], None, {}, refs["node"][1]))
+            if args.only:
+                wanted = {w.strip() for w in args.only.split(",")}
+                compared = [t for t in compared if t.name in wanted]
             rw = RedisWriter(pub)
             rw.next_id = 10_000_000
             out = await transports_phase(compared, writer, rw, args)
@@ -801,12 +860,12 @@ async def run(args: argparse.Namespace) -> str:
             lat = await latency_phase(targets, writer, light)
             res["light_gw"], res["light_ref"] = lat["gateway"], lat["reference"]
             res["light_gw"]["loadgen_cpu"] = lat["loadgen_cpu"]
-            print(f"    {lat}", flush=True)
+            print(f"    {_briefs(lat)}", flush=True)
         print(f"  latency: {args.clients} clients x {args.rate}/s x {args.seconds}s", flush=True)
         lat = await latency_phase(targets, writer, args)
         res["lat_gw"], res["lat_ref"] = lat["gateway"], lat["reference"]
         res["lat_gw"]["loadgen_cpu"] = lat["loadgen_cpu"]
-        print(f"    {lat}", flush=True)
+        print(f"    {_briefs(lat)}", flush=True)
         if args.alone:
             # the same load against one server at a time: the absolute latency target is
             # about the gateway, not about 2 × N clients sharing 2 cores
@@ -815,7 +874,7 @@ async def run(args: argparse.Namespace) -> str:
                 one = await latency_phase([t], writer, args)
                 res[key] = one[t.name]
                 res[key]["loadgen_cpu"] = one["loadgen_cpu"]
-                print(f"    {one}", flush=True)
+                print(f"    {_briefs(one)}", flush=True)
         print(
             f"  saturation: {args.sat_clients} clients x {args.sat_seconds}s x {args.rounds}"
             " rounds (alternating)",
@@ -848,6 +907,14 @@ async def run(args: argparse.Namespace) -> str:
         await r.aclose()
         with psycopg.connect(ADMIN_DSN, autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def _brief(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != "lat"}
+
+
+def _briefs(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _brief(v) if isinstance(v, dict) else v for k, v in d.items()}
 
 
 def _pool(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1000,6 +1067,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="saturation rounds per side")
     parser.add_argument("--idle", type=int, default=10_000)
     parser.add_argument("--direct", action="store_true", help="publish via Redis, not INSERT")
+    parser.add_argument(
+        "--only", default="", help="with --transports: comma-separated server names to run"
+    )
+    parser.add_argument(
+        "--lat-rounds", type=int, default=2, help="with --transports: alternating rounds"
+    )
+    parser.add_argument("--workers", default="1", help="BRIDGE_GATEWAY_WORKERS of the gateway")
     parser.add_argument(
         "--transports",
         action="store_true",
