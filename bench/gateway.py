@@ -595,7 +595,36 @@ async def transports_phase(
             rounds = [await saturation_phase(t, rw, args) for _ in range(args.rounds)]
             out["saturation"][t.name] = _pool(rounds)
             print(f"    saturation {t.name}: {out['saturation'][t.name]}", flush=True)
+    out["idle"] = {}
+    for t in targets:
+        if args.idle and t.name.startswith("gateway"):
+            quiet = Target(
+                t.name, t.url.replace(f"/events/{TOPIC}", f"/events/{QUIET}"),
+                json.dumps({"type": "subscribe", "topic": QUIET}).encode() if t.sub else None,
+                t.headers, t.proc, kind=t.kind, acks=t.acks,
+            )  # fmt: skip
+            out["idle"][t.name] = await idle_target(quiet, args.idle)
+            print(f"    idle {t.name}: {out['idle'][t.name]}", flush=True)
     return out
+
+
+async def idle_target(t: Target, n: int) -> dict[str, Any]:
+    """Resident memory per idle connection (subscribed to a quiet topic), any transport."""
+    rec = Recorder()
+    await asyncio.sleep(1.0)
+    rss0 = t.proc.rss()
+    conns = await connect_target(t, n, rec, False, 100)
+    if t.waits_for_ack:
+        await _wait(lambda: rec.subscribed >= len(conns), 120)
+    await asyncio.sleep(2.0)
+    rss1 = t.proc.rss()
+    await _close_all(conns)
+    return {
+        "connections": len(conns),
+        "rss0": rss0,
+        "rss1": rss1,
+        "per_conn": (rss1 - rss0) / max(1, len(conns)),
+    }
 
 
 NODE_DEPS = ("ws@8", "redis@4")
@@ -661,7 +690,7 @@ def report_transports(res: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"`just bench gateway --transports --clients={args.clients} --rate={args.rate} "
         f"--seconds={args.seconds} --lat-rounds={args.lat_rounds} --rounds={args.rounds} "
-        f"--sat-clients={args.sat_clients} "
+        f"--sat-clients={args.sat_clients} --idle={args.idle} "
         f"--sat-seconds={args.sat_seconds}{' --direct' if args.direct else ''}"
         f"{f' --workers={args.workers}' if args.workers != '1' else ''}` — one run; "
         "each server measured alone, one after the other in alternating rounds (pooled), with "
@@ -700,6 +729,21 @@ def report_transports(res: dict[str, Any], args: argparse.Namespace) -> str:
                 f"| {name} | {d['rate']:,.0f} | {', '.join(f'{x:,.0f}' for x in d['rounds'])} "
                 f"| {d['cpu_us_per_msg']:.2f} | {d['server_cores']:.2f} | "
                 f"{d['loadgen_cores']:.2f} |"
+            )
+    idle: dict[str, Any] = res.get("idle", {})
+    if idle:
+        lines += [
+            "",
+            "**Idle connections** (each subscribed to a quiet topic): resident memory growth "
+            "per connection, all gateway processes summed:",
+            "",
+            "| server | connections | RSS before | RSS after | per connection |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, d in idle.items():
+            lines.append(
+                f"| {name} | {d['connections']} | {d['rss0'] / 2**20:.0f} MiB | "
+                f"{d['rss1'] / 2**20:.0f} MiB | {d['per_conn'] / 1024:.1f} KiB |"
             )
     sse, bare, ws = lat.get("gateway SSE"), lat.get("bare SSE relay"), lat.get("gateway WS")
     if sse and bare and ws:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Metric
+from prometheus_client.core import CounterMetricFamily
 
 CONNECTIONS = Gauge("bridge_gateway_connections", "Open client connections", ["transport"])
 SUBSCRIPTIONS = Gauge("bridge_gateway_subscriptions", "Active topic subscriptions")
@@ -37,9 +40,27 @@ FANOUT_LATENCY = Histogram(
     "From the event's append to its stream (Redis clock) to queued on every matching client",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
-SSE_WRITES = Counter(
-    "bridge_gateway_sse_writes_total",
-    "SSE event writes: `immediate` went to an idle connection at once, `coalesced` joined "
-    "a backlog that goes out in one write when the socket drains",
-    ["mode"],
-)
+
+
+class SseWrites:
+    """`bridge_gateway_sse_writes_total{mode}`: plain integers on the hot path (one per
+    event and SSE connection), read by Prometheus at scrape time."""
+
+    def __init__(self) -> None:
+        self.immediate = 0
+        self.coalesced = 0
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "bridge_gateway_sse_writes",
+            "SSE event writes: `immediate` went to an idle connection at once, `coalesced` "
+            "joined a backlog that goes out in one write when the socket drains",
+            labels=["mode"],
+        )
+        family.add_metric(["immediate"], self.immediate)
+        family.add_metric(["coalesced"], self.coalesced)
+        yield family
+
+
+SSE_WRITES = SseWrites()
+REGISTRY.register(SSE_WRITES)

@@ -31,8 +31,7 @@ from .clients import sse_chunk
 
 EXTENSION = "bridge.stream"
 
-_IMMEDIATE = metrics.SSE_WRITES.labels("immediate")
-_COALESCED = metrics.SSE_WRITES.labels("coalesced")
+_WRITES = metrics.SSE_WRITES
 
 
 class StreamOut:
@@ -63,9 +62,9 @@ class StreamOut:
             return -1
         transport = self._cycle.transport
         if transport.get_write_buffer_size():
-            _COALESCED.inc()
+            _WRITES.coalesced += 1
         else:
-            _IMMEDIATE.inc()
+            _WRITES.immediate += 1
         transport.write(data)
         return int(transport.get_write_buffer_size())
 
