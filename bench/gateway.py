@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -109,12 +110,27 @@ class Proc:
                 time.sleep(0.05)
         raise RuntimeError(f"{self.name} not listening")
 
+    def _tree(self) -> list[psutil.Process]:
+        """The process and its children (the gateway's workers with BRIDGE_GATEWAY_WORKERS)."""
+        try:
+            return [self.ps, *self.ps.children(recursive=True)]
+        except psutil.Error:
+            return [self.ps]
+
     def rss(self) -> int:
-        return int(self.ps.memory_info().rss)
+        total = 0
+        for p in self._tree():
+            with contextlib.suppress(psutil.Error):
+                total += int(p.memory_info().rss)
+        return total
 
     def cpu(self) -> float:
-        t = self.ps.cpu_times()
-        return float(t.user + t.system)
+        total = 0.0
+        for p in self._tree():
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += float(t.user + t.system)
+        return total
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -213,6 +229,114 @@ async def connect_many(
     return out
 
 
+class SseListener(asyncio.Protocol):
+    """One SSE client on a raw socket: counts `event:` frames and times them by row key.
+
+    Frames end with a blank line; a chunked body's size lines fall between frames (each
+    server here writes whole frames), so splitting on `\\n\\n` is enough.
+    """
+
+    def __init__(self, rec: Recorder, request: bytes, timing: bool) -> None:
+        self.rec = rec
+        self.request = request
+        self.timing = timing
+        self.n = 0
+        self.buf = b""
+        self.head = False
+        self.transport: asyncio.Transport | None = None
+        #: True once the response head says 200, False when refused or closed before
+        self.answered: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.rec.closed += 1
+        if not self.answered.done():
+            self.answered.set_result(False)
+
+    def disconnect(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        if not self.head:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            if not buf.startswith(b"HTTP/1.1 200"):
+                self.answered.set_result(False)
+                self.disconnect()
+                return
+            self.head = True
+            self.answered.set_result(True)
+            buf = buf[end + 4 :]
+        rec = self.rec
+        start = 0
+        while (end := buf.find(b"\n\n", start)) >= 0:
+            frame = buf[start:end]
+            start = end + 2
+            i = frame.find(b'"key":"')
+            if i >= 0:
+                now = time.time()
+                self.n += 1
+                rec.events += 1
+                if not rec.first:
+                    rec.first = now
+                rec.last = now
+                if self.timing:
+                    i += 7
+                    key = frame[i : frame.find(b'"', i)]
+                    t = rec.sent.get(key)
+                    if t is None:
+                        rec.early.append((key, now))
+                    else:
+                        rec.lat.append(now - t)
+            elif b"event: subscribed" in frame:
+                rec.subscribed += 1
+        self.buf = buf[start:]
+
+
+async def connect_sse_many(
+    url: str, n: int, rec: Recorder, headers: dict[str, str], timing: bool, conc: int = 200
+) -> list[tuple[SseListener, SseListener]]:
+    """`n` SSE streams on `url` (http://host:port/path?query)."""
+    rest = url.split("://", 1)[1]
+    hostport, _, path = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    request = (
+        f"GET /{path} HTTP/1.1\r\nHost: {hostport}\r\nAccept: text/event-stream\r\n{extra}\r\n"
+    ).encode()
+    loop = asyncio.get_running_loop()
+    sem = asyncio.Semaphore(conc)
+    out: list[tuple[SseListener, SseListener]] = []
+    failed = 0
+
+    async def one() -> None:
+        nonlocal failed
+        async with sem:
+            for attempt in range(3):
+                try:
+                    _, li = await loop.create_connection(
+                        lambda: SseListener(rec, request, timing), host, int(port)
+                    )
+                    if await asyncio.wait_for(li.answered, 30):
+                        out.append((li, li))
+                        return
+                except (OSError, TimeoutError):
+                    await asyncio.sleep(0.1 * (attempt + 1))
+            failed += 1
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    if failed:
+        print(f"  {failed} connections failed", flush=True)
+    return out
+
+
 async def _wait(cond: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -222,7 +346,7 @@ async def _wait(cond: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
-async def _close_all(conns: list[tuple[WSTransport, Listener]]) -> None:
+async def _close_all(conns: list[tuple[Any, Any]]) -> None:
     for tr, _ in conns:
         tr.disconnect()
     await asyncio.sleep(0.5)
@@ -299,10 +423,6 @@ def _pct(values: array, q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] * 1000
 
 
-def _factory(rec: Recorder, sub: bytes | None) -> Callable[[], Listener]:
-    return lambda: Listener(rec, sub, True)
-
-
 def _subscribed(rec: Recorder, n: int) -> Callable[[], bool]:
     return lambda: rec.subscribed >= n
 
@@ -314,6 +434,22 @@ class Target:
     sub: bytes | None
     headers: dict[str, str]
     proc: Proc
+    #: "ws" (picows clients) or "sse" (raw-socket SSE clients)
+    kind: str = "ws"
+    #: whether each client is told `subscribed` (the gateway's SSE streams are)
+    acks: bool = False
+
+    @property
+    def waits_for_ack(self) -> bool:
+        return self.sub is not None or self.acks
+
+
+async def connect_target(
+    t: Target, n: int, rec: Recorder, timing: bool, conc: int = 200
+) -> list[tuple[Any, Any]]:
+    if t.kind == "sse":
+        return list(await connect_sse_many(t.url, n, rec, t.headers, timing, conc))
+    return list(await connect_many(t.url, n, lambda: Listener(rec, t.sub, timing), t.headers, conc))
 
 
 async def latency_phase(
@@ -323,13 +459,13 @@ async def latency_phase(
     under the same background load (the machine is shared)."""
     sent: dict[bytes, float] = {}
     recs = {t.name: Recorder(sent) for t in targets}
-    conns: dict[str, list[tuple[WSTransport, Listener]]] = {}
+    conns: dict[str, list[tuple[Any, Any]]] = {}
     for t in targets:
         rec = recs[t.name]
-        conns[t.name] = await connect_many(t.url, args.clients, _factory(rec, t.sub), t.headers)
+        conns[t.name] = await connect_target(t, args.clients, rec, True)
         n = len(conns[t.name])
-        if t.sub is not None:
-            await _wait(_subscribed(rec, n), 60)
+        if t.waits_for_ack and not await _wait(_subscribed(rec, n), 60):
+            print(f"  {t.name}: only {rec.subscribed} of {n} subscribed after 60 s", flush=True)
     await asyncio.sleep(1.0)
     total = int(args.rate * args.seconds)
     cpu0 = {t.name: t.proc.cpu() for t in targets}
@@ -357,6 +493,7 @@ async def latency_phase(
             "p99": _pct(rec.lat, 0.99),
             "max": max(rec.lat) * 1000 if rec.lat else float("nan"),
             "server_cpu": (t.proc.cpu() - cpu0[t.name]) / wall,
+            "lat": rec.lat,
         }
         await _close_all(conns[t.name])
     out["loadgen_cpu"] = me / wall
@@ -364,25 +501,19 @@ async def latency_phase(
 
 
 async def saturation_phase(
-    url: str,
-    sub: bytes | None,
-    headers: dict[str, str],
-    writer: RedisWriter,
-    server: Proc,
-    args: argparse.Namespace,
+    t: Target, writer: RedisWriter, args: argparse.Namespace
 ) -> dict[str, Any]:
     rec = Recorder()
-    conns = await connect_many(
-        url, args.sat_clients, lambda: Listener(rec, sub, timing=False), headers
-    )
-    if sub is not None:
+    server = t.proc
+    conns = await connect_target(t, args.sat_clients, rec, False)
+    if t.waits_for_ack:
         await _wait(lambda: rec.subscribed >= len(conns), 60)
     else:
         await asyncio.sleep(1.0)
     n = len(conns)
     window = 500 * n
     published = 0
-    cpu0 = server.cpu()
+    cpu0, me0 = server.cpu(), _self_cpu()
     t_end = time.monotonic() + args.sat_seconds
     while time.monotonic() < t_end:
         if published * n - rec.events < window:
@@ -391,14 +522,16 @@ async def saturation_phase(
         else:
             await asyncio.sleep(0.001)
     await _wait(lambda: rec.events >= published * n, 30)
-    cpu = server.cpu() - cpu0
-    elapsed = max(1e-9, rec.last - rec.first)
+    cpu, me = server.cpu() - cpu0, _self_cpu() - me0
+    elapsed = rec.last - rec.first if rec.last > rec.first else float("inf")
     await _close_all(conns)
     return {
         "clients": n,
         "events": published,
         "delivered": rec.events,
         "rate": rec.events / elapsed,
+        "server_cores": cpu / elapsed,
+        "loadgen_cores": me / elapsed,
         "cpu_us_per_msg": cpu / max(1, rec.events) * 1e6,
     }
 
@@ -421,6 +554,215 @@ async def idle_phase(
         "rss1": rss1,
         "per_conn": (rss1 - rss0) / max(1, len(conns)),
     }
+
+
+async def transports_phase(
+    targets: list[Target], writer: Any, rw: RedisWriter, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Each server alone, one after the other, with the same load: latency, then (with
+    `--rounds`) saturation."""
+    out: dict[str, Any] = {"latency": {}, "saturation": {}}
+    # rounds in alternating order (A B C, C B A, …), pooled: a change of the machine's
+    # background load during the run weighs on every server alike
+    part = argparse.Namespace(**{**vars(args), "seconds": args.seconds / args.lat_rounds})
+    runs: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+    for rnd in range(args.lat_rounds):
+        for t in targets if rnd % 2 == 0 else targets[::-1]:
+            print(f"  latency alone: {t.name}, {args.clients} clients x {args.rate}/s", flush=True)
+            one = await latency_phase([t], writer, part)
+            runs[t.name].append({**one[t.name], "loadgen_cpu": one["loadgen_cpu"]})
+            print(f"    {_brief(one[t.name])}", flush=True)
+    for name, parts in runs.items():
+        lat = array("d")
+        for r in parts:
+            lat.extend(r.pop("lat"))
+        n = len(parts)
+        out["latency"][name] = {
+            "clients": parts[0]["clients"],
+            "events": sum(r["events"] for r in parts),
+            "delivered": sum(r["delivered"] for r in parts),
+            "lost": sum(r["lost"] for r in parts),
+            "dup": sum(r["dup"] for r in parts),
+            "p50": _pct(lat, 0.50),
+            "p95": _pct(lat, 0.95),
+            "p99": _pct(lat, 0.99),
+            "max": max(lat) * 1000 if lat else float("nan"),
+            "server_cpu": sum(r["server_cpu"] for r in parts) / n,
+            "loadgen_cpu": sum(r["loadgen_cpu"] for r in parts) / n,
+        }
+    for t in targets:
+        if args.rounds:
+            rounds = [await saturation_phase(t, rw, args) for _ in range(args.rounds)]
+            out["saturation"][t.name] = _pool(rounds)
+            print(f"    saturation {t.name}: {out['saturation'][t.name]}", flush=True)
+    out["idle"] = {}
+    for t in targets:
+        if args.idle and t.name.startswith("gateway"):
+            quiet = Target(
+                t.name, t.url.replace(f"/events/{TOPIC}", f"/events/{QUIET}"),
+                json.dumps({"type": "subscribe", "topic": QUIET}).encode() if t.sub else None,
+                t.headers, t.proc, kind=t.kind, acks=t.acks,
+            )  # fmt: skip
+            out["idle"][t.name] = await idle_target(quiet, args.idle)
+            print(f"    idle {t.name}: {out['idle'][t.name]}", flush=True)
+    return out
+
+
+async def idle_target(t: Target, n: int) -> dict[str, Any]:
+    """Resident memory per idle connection (subscribed to a quiet topic), any transport."""
+    rec = Recorder()
+    await asyncio.sleep(1.0)
+    rss0 = t.proc.rss()
+    conns = await connect_target(t, n, rec, False, 100)
+    if t.waits_for_ack:
+        await _wait(lambda: rec.subscribed >= len(conns), 120)
+    await asyncio.sleep(2.0)
+    rss1 = t.proc.rss()
+    await _close_all(conns)
+    return {
+        "connections": len(conns),
+        "rss0": rss0,
+        "rss1": rss1,
+        "per_conn": (rss1 - rss0) / max(1, len(conns)),
+    }
+
+
+NODE_DEPS = ("ws@8", "redis@4")
+
+
+def _node_modules() -> Path | None:
+    """`ws` and `redis` for the Node relay, installed once into a temporary folder."""
+    import shutil
+
+    npm = shutil.which("npm")
+    if shutil.which("node") is None or npm is None:
+        return None
+    folder = Path(tempfile.gettempdir()) / "bridge-bench-node"
+    modules = folder / "node_modules"
+    if not (modules / "ws").is_dir() or not (modules / "redis").is_dir():
+        folder.mkdir(exist_ok=True)
+        print(f"  installing {' '.join(NODE_DEPS)} into {folder}", flush=True)
+        done = subprocess.run(
+            [npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(folder),
+             *NODE_DEPS],
+            capture_output=True, timeout=300, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            print(f"  npm install failed; no Node relay: {done.stderr[-500:]!r}", flush=True)
+            return None
+    return modules
+
+
+def _start_references(channel: str, work: Path, procs: list[Proc]) -> dict[str, tuple[str, Proc]]:
+    """The bare SSE relay and (when Node is installed) the Node `ws` relay."""
+    out: dict[str, tuple[str, Proc]] = {}
+    port = _free_port()
+    sse = Proc(
+        "sse_relay",
+        [sys.executable, "-m", "bench.gateway_relay", "--sse", "--port", str(port),
+         "--redis", REDIS_URL, "--channel", channel],
+        {}, work,
+    )  # fmt: skip
+    procs.append(sse)
+    sse.wait_port(port)
+    out["sse"] = (f"http://127.0.0.1:{port}/", sse)
+    modules = _node_modules()
+    if modules is not None:
+        port = _free_port()
+        script = Path(__file__).resolve().parent / "ws_relay.js"
+        node = Proc(
+            "node_relay",
+            ["node", str(script), str(port), REDIS_URL, channel],
+            {"NODE_PATH": str(modules)},
+            work,
+        )
+        procs.append(node)
+        node.wait_port(port)
+        out["node"] = (f"ws://127.0.0.1:{port}/", node)
+    return out
+
+
+def report_transports(res: dict[str, Any], args: argparse.Namespace) -> str:
+    path = "Redis append" if args.direct else "INSERT commit acknowledged"
+    lat: dict[str, Any] = res["latency"]
+    lines = [
+        "## Gateway transports: SSE vs WebSocket vs bare relays",
+        "",
+        f"`just bench gateway --transports --clients={args.clients} --rate={args.rate} "
+        f"--seconds={args.seconds} --lat-rounds={args.lat_rounds} --rounds={args.rounds} "
+        f"--sat-clients={args.sat_clients} --idle={args.idle} "
+        f"--sat-seconds={args.sat_seconds}{' --direct' if args.direct else ''}"
+        f"{f' --workers={args.workers}' if args.workers != '1' else ''}` — one run; "
+        "each server measured alone, one after the other in alternating rounds (pooled), with "
+        "the same load "
+        f"({args.clients} clients × {args.rate:g} events/s × {args.seconds:g} s, every event "
+        f"to every client, {path} → frame received). The machine was shared with other "
+        "engineers' test runs (load average "
+        f"{res['load'][0]:.1f} at the start, {res['load'][1]:.1f} at the end): compare the "
+        "rows of this run with each other, not with other runs. CPU is the share of one "
+        "core the server used, beside the load generator's (one process: picows for "
+        "WebSocket, raw asyncio sockets for SSE).",
+        "",
+        "| server | deliveries | lost | dup | p50 ms | p95 ms | p99 ms | max ms | server CPU "
+        "| load-gen CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, d in lat.items():
+        lines.append(
+            f"| {name} | {d['delivered']} / {d['events'] * d['clients']} | {d['lost']} | "
+            f"{d['dup']} | {d['p50']:.1f} | {d['p95']:.1f} | {d['p99']:.1f} | {d['max']:.1f} | "
+            f"{d['server_cpu']:.2f} | {d['loadgen_cpu']:.2f} |"
+        )
+    sat: dict[str, Any] = res["saturation"]
+    if sat:
+        lines += [
+            "",
+            f"**Saturation** ({args.sat_clients} clients, ~300-byte events appended to Redis "
+            f"as fast as they drain, {args.rounds} × {args.sat_seconds:g} s per server):",
+            "",
+            "| server | delivered frames/s | per round | server µs/frame | server cores "
+            "| load-gen cores |",
+            "|---|---:|---|---:|---:|---:|",
+        ]
+        for name, d in sat.items():
+            lines.append(
+                f"| {name} | {d['rate']:,.0f} | {', '.join(f'{x:,.0f}' for x in d['rounds'])} "
+                f"| {d['cpu_us_per_msg']:.2f} | {d['server_cores']:.2f} | "
+                f"{d['loadgen_cores']:.2f} |"
+            )
+    idle: dict[str, Any] = res.get("idle", {})
+    if idle:
+        lines += [
+            "",
+            "**Idle connections** (each subscribed to a quiet topic): resident memory growth "
+            "per connection, all gateway processes summed:",
+            "",
+            "| server | connections | RSS before | RSS after | per connection |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, d in idle.items():
+            lines.append(
+                f"| {name} | {d['connections']} | {d['rss0'] / 2**20:.0f} MiB | "
+                f"{d['rss1'] / 2**20:.0f} MiB | {d['per_conn'] / 1024:.1f} KiB |"
+            )
+    sse, bare, ws = lat.get("gateway SSE"), lat.get("bare SSE relay"), lat.get("gateway WS")
+    if sse and bare and ws:
+        lines += [
+            "",
+            "Targets (issue 21), this run:",
+            "",
+            f"- SSE p99 ≤ 1.5× the bare SSE relay's: {sse['p99']:.1f} vs "
+            f"{1.5 * bare['p99']:.1f} ms → {_ok(sse['p99'] <= 1.5 * bare['p99'])}",
+            f"- SSE p99 ≤ 2× the gateway's WebSocket p99: {sse['p99']:.1f} vs "
+            f"{2 * ws['p99']:.1f} ms → {_ok(sse['p99'] <= 2 * ws['p99'])}",
+        ]
+        ref = lat.get("websockets.broadcast relay")
+        if ref:
+            lines.append(
+                f"- WebSocket p99 ≤ 1.5× the websockets.broadcast relay's: {ws['p99']:.1f} vs "
+                f"{1.5 * ref['p99']:.1f} ms → {_ok(ws['p99'] <= 1.5 * ref['p99'])}"
+            )
+    return "\n".join(lines)
 
 
 # -- run ---------------------------------------------------------------------------------
@@ -471,6 +813,7 @@ async def run(args: argparse.Namespace) -> str:
                 "BRIDGE_GATEWAY_PORT": str(gw_port),
                 "BRIDGE_JWT_SECRET": SECRET,
                 "BRIDGE_AUTH": "jwt",
+                "BRIDGE_GATEWAY_WORKERS": str(args.workers),
             },
             work,
         )
@@ -492,7 +835,19 @@ async def run(args: argparse.Namespace) -> str:
             work,
         )
         procs.append(relay)
-        gateway.wait_http(f"http://127.0.0.1:{gw_port}/readyz")
+        gateway.wait_http(f"http://127.0.0.1:{gw_port}/readyz", timeout=90)
+        workers = len(os.sched_getaffinity(0)) if args.workers == "auto" else int(args.workers)
+        if workers > 1:
+            # every worker listening (and heartbeating) before the clients connect
+            async def gateways() -> int:
+                fields = await r.hkeys(channels.services)
+                return sum(1 for f in fields if f.startswith(b"gateway/"))
+
+            deadline = time.monotonic() + 90
+            while await gateways() < workers:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"fewer than {workers} gateway workers came up")
+                await asyncio.sleep(0.2)
         relay.wait_port(rel_port)
         tok = jwt.encode(
             {"sub": "bench", "exp": int(time.time()) + 3600, "topics": ["*"]}, SECRET, "HS256"
@@ -514,6 +869,33 @@ async def run(args: argparse.Namespace) -> str:
             Target("gateway", gw_url, sub, headers, gateway),
             Target("reference", rel_url, None, {}, relay),
         ]
+        if args.transports:
+            gw_http = f"http://127.0.0.1:{gw_port}"
+            refs = _start_references(channels.live(TOPIC), work, procs)
+            compared = [
+                Target("gateway WS", gw_url, sub, headers, gateway),
+                Target(
+                    "gateway SSE",
+                    f"{gw_http}/events/{TOPIC}",
+                    None,
+                    headers,
+                    gateway,
+                    kind="sse",
+                    acks=True,
+                ),  # fmt: skip
+                Target("bare SSE relay", refs["sse"][0], None, {}, refs["sse"][1], kind="sse"),
+                Target("websockets.broadcast relay", rel_url, None, {}, relay),
+            ]
+            if "node" in refs:
+                compared.append(Target("Node ws relay", refs["node"][0], None, {}, refs["node"][1]))
+            if args.only:
+                wanted = {w.strip() for w in args.only.split(",")}
+                compared = [t for t in compared if t.name in wanted]
+            rw = RedisWriter(pub)
+            rw.next_id = 10_000_000
+            out = await transports_phase(compared, writer, rw, args)
+            out["load"] = (load0, os.getloadavg()[0])
+            return report_transports(out, args)
         if args.light_clients:
             light = argparse.Namespace(
                 **{**vars(args), "clients": args.light_clients, "seconds": args.light_seconds}
@@ -522,12 +904,12 @@ async def run(args: argparse.Namespace) -> str:
             lat = await latency_phase(targets, writer, light)
             res["light_gw"], res["light_ref"] = lat["gateway"], lat["reference"]
             res["light_gw"]["loadgen_cpu"] = lat["loadgen_cpu"]
-            print(f"    {lat}", flush=True)
+            print(f"    {_briefs(lat)}", flush=True)
         print(f"  latency: {args.clients} clients x {args.rate}/s x {args.seconds}s", flush=True)
         lat = await latency_phase(targets, writer, args)
         res["lat_gw"], res["lat_ref"] = lat["gateway"], lat["reference"]
         res["lat_gw"]["loadgen_cpu"] = lat["loadgen_cpu"]
-        print(f"    {lat}", flush=True)
+        print(f"    {_briefs(lat)}", flush=True)
         if args.alone:
             # the same load against one server at a time: the absolute latency target is
             # about the gateway, not about 2 × N clients sharing 2 cores
@@ -536,7 +918,7 @@ async def run(args: argparse.Namespace) -> str:
                 one = await latency_phase([t], writer, args)
                 res[key] = one[t.name]
                 res[key]["loadgen_cpu"] = one["loadgen_cpu"]
-                print(f"    {one}", flush=True)
+                print(f"    {_briefs(one)}", flush=True)
         print(
             f"  saturation: {args.sat_clients} clients x {args.sat_seconds}s x {args.rounds}"
             " rounds (alternating)",
@@ -547,7 +929,7 @@ async def run(args: argparse.Namespace) -> str:
         sat: dict[str, list[dict[str, Any]]] = {"gateway": [], "reference": []}
         for rnd in range(args.rounds):
             for t in targets if rnd % 2 == 0 else targets[::-1]:
-                one = await saturation_phase(t.url, t.sub, t.headers, rw, t.proc, args)
+                one = await saturation_phase(t, rw, args)
                 sat[t.name].append(one)
                 print(f"    {t.name:9} {one}", flush=True)
         res["sat_gw"], res["sat_ref"] = _pool(sat["gateway"]), _pool(sat["reference"])
@@ -571,11 +953,21 @@ async def run(args: argparse.Namespace) -> str:
             c.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
+def _brief(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != "lat"}
+
+
+def _briefs(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _brief(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
 def _pool(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     delivered = sum(r["delivered"] for r in rounds)
     elapsed = sum(r["delivered"] / r["rate"] for r in rounds if r["rate"])
     cpu = sum(r["cpu_us_per_msg"] * r["delivered"] for r in rounds)
     return {
+        "server_cores": sum(r["server_cores"] for r in rounds) / len(rounds),
+        "loadgen_cores": sum(r["loadgen_cores"] for r in rounds) / len(rounds),
         "clients": rounds[0]["clients"],
         "delivered": delivered,
         "rate": delivered / elapsed if elapsed else 0.0,
@@ -719,6 +1111,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="saturation rounds per side")
     parser.add_argument("--idle", type=int, default=10_000)
     parser.add_argument("--direct", action="store_true", help="publish via Redis, not INSERT")
+    parser.add_argument(
+        "--only", default="", help="with --transports: comma-separated server names to run"
+    )
+    parser.add_argument(
+        "--lat-rounds", type=int, default=2, help="with --transports: alternating rounds"
+    )
+    parser.add_argument("--workers", default="1", help="BRIDGE_GATEWAY_WORKERS of the gateway")
+    parser.add_argument(
+        "--transports",
+        action="store_true",
+        help="only compare gateway SSE / WS with the bare SSE, websockets and Node ws relays",
+    )
     parser.add_argument("--no-write", action="store_true", help="print, do not record")
     parser.add_argument(
         "--no-alone",
@@ -732,5 +1136,5 @@ def main(argv: list[str]) -> int:
     body = uvloop.run(run(args))
     print(body)
     if not args.no_write:
-        write_section("gateway", body)
+        write_section("gateway_transports" if args.transports else "gateway", body)
     return 0

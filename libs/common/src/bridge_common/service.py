@@ -102,8 +102,11 @@ class Service:
         app: Starlette | None = None,
         registry: CollectorRegistry = REGISTRY,
         uvicorn_options: dict[str, Any] | None = None,
+        sockets: list[socket.socket] | None = None,
     ) -> None:
         self.settings = settings
+        #: listen on these already bound sockets (e.g. SO_REUSEPORT) instead of host:port
+        self._sockets = sockets
         self.name = settings.service_name
         self.instance = make_instance_id(self.name)
         self.channels = Channels(settings.namespace)
@@ -298,7 +301,7 @@ class Service:
 
         async def serve() -> None:
             try:
-                await server.serve()
+                await server.serve(sockets=self._sockets)
             finally:
                 if not server.started:
                     failed.append("http")

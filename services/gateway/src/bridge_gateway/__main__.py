@@ -1,4 +1,5 @@
-"""Command line of the gateway service: `bridge-gateway [--port N]`."""
+"""Command line of the gateway service: `bridge-gateway [--port N]` (one process, or a
+supervisor of `BRIDGE_GATEWAY_WORKERS` worker processes on that port — `workers.py`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from .app import build_app
 from .archive import open_archive
 from .gateway import Gateway
 from .settings import Settings
+from .streaming import http_limits, streaming_protocol
+from .workers import Supervisor, reuse_port_socket, watch_supervisor
 from .ws_protocol import GatewayWebSocketProtocol
 
 
@@ -19,6 +22,8 @@ def main(argv: list[str] | None = None) -> None:
         prog="bridge-gateway", description="WebSocket + SSE fan-out from Redis to clients"
     )
     parser.add_argument("--port", type=int, help="listen port (BRIDGE_GATEWAY_PORT)")
+    # a worker started by the supervisor (BRIDGE_GATEWAY_WORKERS > 1): see workers.py
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     settings = load_settings(Settings, port=args.port)
     if settings.auth == "jwt" and (
@@ -28,6 +33,11 @@ def main(argv: list[str] | None = None) -> None:
             "gateway: BRIDGE_JWT_SECRET is not set "
             "(set it, or BRIDGE_AUTH=disabled to accept clients without tokens)"
         )
+
+    if settings.workers > 1 and not args.reuse_port:
+        run_main(Supervisor(settings).run)
+        return
+    sockets = [reuse_port_socket(settings.host, settings.port)] if args.reuse_port else None
 
     async def run() -> int:
         async with (
@@ -46,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
                 settings,
                 app=app,
                 uvicorn_options={
+                    # SSE write-through (`streaming.py`) on top of the common HTTP limits
+                    "http": streaming_protocol(http_limits(settings)),
                     "ws": GatewayWebSocketProtocol,
                     "ws_max_size": settings.max_frame_bytes,
                     "ws_ping_interval": settings.ping_interval,
@@ -53,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
                     "ws_per_message_deflate": False,
                     "backlog": 4096,
                 },
+                sockets=sockets,
             )
             gateway.presence.bind(svc.instance)
             app.router.routes.extend(svc.health_routes())
@@ -65,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
             svc.add_ready_check("live", live_ready)
             svc.add_status(gateway.status)
             svc.add_worker("gateway", gateway.run)
+            if args.reuse_port:
+                svc.add_worker("supervisor", lambda _: watch_supervisor(svc.stop))
             return await svc.run()
 
     run_main(run)

@@ -1,9 +1,12 @@
 """One connected client (WebSocket or SSE): its bounded outgoing buffer and how it ends.
 
-The fan-out never awaits a client: it appends an already-encoded frame to the client's
-buffer. A transport-specific writer drains the buffer. A slow reader is *cut* — the
-buffer is dropped and the connection closed with a code and reason — so it never holds up
-anybody else; it reconnects and resumes with its last id.
+The fan-out never awaits a client. Write-through connections (WebSocket with
+`ws_protocol.py`, SSE with `streaming.py`) get the already-encoded frame written straight
+to their transport, whose buffer is then the outgoing buffer: immediate when the socket
+is idle, coalesced into one write while it drains. Other servers' connections get the
+frame appended to a buffer that a transport-specific writer task drains. A slow reader
+is *cut* — the buffer is dropped and the connection closed with a code and reason — so it
+never holds up anybody else; it reconnects and resumes with its last id.
 
 Slow is measured in time and in events, never by the size of one frame, so a prompt
 reader gets a row of any size: a client is slow when its backlog stays above
@@ -51,7 +54,7 @@ class Limits:
 class Delivery:
     """One event, encoded once; every transport's frame is built at most once."""
 
-    __slots__ = ("topic", "raw", "event_id", "_text", "_sse", "_frame")
+    __slots__ = ("topic", "raw", "event_id", "_text", "_sse", "_sse_chunk", "_frame")
 
     def __init__(self, topic: str, raw: bytes, event_id: bytes) -> None:
         self.topic = topic
@@ -59,6 +62,7 @@ class Delivery:
         self.event_id = event_id
         self._text: str | None = None
         self._sse: bytes | None = None
+        self._sse_chunk: bytes | None = None
         self._frame: bytes | None = None
 
     @property
@@ -81,6 +85,13 @@ class Delivery:
             self._sse = sse_frame(self.raw, event=self.topic, event_id=self.event_id)
         return self._sse
 
+    @property
+    def sse_chunk(self) -> bytes:
+        """The SSE frame as one HTTP/1.1 chunk, for write-through streams."""
+        if self._sse_chunk is None:
+            self._sse_chunk = sse_chunk(self.sse)
+        return self._sse_chunk
+
 
 def ws_text_frame(payload: bytes) -> bytes:
     """A final, unmasked WebSocket text frame (RFC 6455 §5.2) carrying `payload`."""
@@ -102,6 +113,11 @@ def sse_frame(data: bytes, *, event: str | None = None, event_id: bytes | None =
     if event is not None:
         head += b"event: " + event.encode() + b"\n"
     return head + b"data: " + data + b"\n\n"
+
+
+def sse_chunk(frame: bytes) -> bytes:
+    """`frame` as one HTTP/1.1 chunk of a chunked response body (RFC 9112 §7.1)."""
+    return b"%x\r\n%b\r\n" % (len(frame), frame)
 
 
 class _NoEvent:
@@ -142,6 +158,7 @@ class Client:
         "events_left",
         "on_cut",
         "sink",
+        "chunked",
         "wait_writable",
         "expiry",
         "backlog",
@@ -179,6 +196,8 @@ class Client:
         #: returns its buffered bytes (-1 once closed); the transport buffer is then the
         #: bounded outgoing buffer and no writer task is needed
         self.sink: Callable[[bytes], int] | None = None
+        #: write-through SSE: the response body is chunked, frames are written as chunks
+        self.chunked = False
         self.wait_writable: Callable[[], Awaitable[None]] | None = None
         #: write-through mode: bytes the transport still holds for the peer
         self.backlog: Callable[[], int] | None = None
@@ -242,25 +261,31 @@ class Client:
         """Queue one event (live fan-out path: never awaits)."""
         if self.close_code is not None:
             return
+        last = False
         if self.events_left is not None:
             if self.events_left <= 0:
                 return
             self.events_left -= 1
-            if self.events_left == 0:
-                self._append(d.sse if self.transport == "sse" else d.text)
-                self.close(1000, "close_after reached", flush=True)
-                return
-        if self.sink is not None:
-            self._write(d.ws_frame)
-        else:
+            last = self.events_left == 0
+        if self.sink is None:
             self._append(d.sse if self.transport == "sse" else d.text)
+        elif self.transport == "sse":
+            self._write(d.sse_chunk if self.chunked else d.sse)
+        else:
+            self._write(d.ws_frame)
+        if last:
+            self.close(1000, "close_after reached", flush=True)
 
     def send_message(self, encoded: bytes, *, sse_event: str | None = None) -> None:
         """Queue a control message (subscribed, pong, error)."""
         if self.close_code is not None:
             return
         if self.sink is not None:
-            self._write(ws_text_frame(encoded))
+            if self.transport == "sse":
+                frame = sse_frame(encoded, event=sse_event)
+                self._write(sse_chunk(frame) if self.chunked else frame)
+            else:
+                self._write(ws_text_frame(encoded))
         elif self.transport == "sse":
             self._append(sse_frame(encoded, event=sse_event))
         else:

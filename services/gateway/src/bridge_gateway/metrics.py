@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from bridge_common.lag import LAG_BUCKETS, RecentQuantiles
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Metric
+from prometheus_client.core import CounterMetricFamily
 
 CONNECTIONS = Gauge("bridge_gateway_connections", "Open client connections", ["transport"])
 SUBSCRIPTIONS = Gauge("bridge_gateway_subscriptions", "Active topic subscriptions")
@@ -58,3 +61,27 @@ DELIVERY_LAG = Histogram(
 )
 #: p50/p99 of DELIVERY_LAG per topic over the last minute, for the heartbeat
 RECENT_DELIVERY_LAG = RecentQuantiles(DELIVERY_LAG)
+
+
+class SseWrites:
+    """`bridge_gateway_sse_writes_total{mode}`: plain integers on the hot path (one per
+    event and SSE connection), read by Prometheus at scrape time."""
+
+    def __init__(self) -> None:
+        self.immediate = 0
+        self.coalesced = 0
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "bridge_gateway_sse_writes",
+            "SSE event writes: `immediate` went to an idle connection at once, `coalesced` "
+            "joined a backlog that goes out in one write when the socket drains",
+            labels=["mode"],
+        )
+        family.add_metric(["immediate"], self.immediate)
+        family.add_metric(["coalesced"], self.coalesced)
+        yield family
+
+
+SSE_WRITES = SseWrites()
+REGISTRY.register(SSE_WRITES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from bridge_common.tokens import JwtSettings
@@ -93,6 +94,16 @@ class Settings(JwtSettings):
     presence_max_info_bytes: int = Field(
         default=1_024, ge=0, le=65_536, validation_alias="BRIDGE_PRESENCE_MAX_INFO_BYTES"
     )
+    #: processes serving the port (SO_REUSEPORT), each a whole gateway with its own Redis
+    #: subscriber and heartbeat: a number, or `auto` for one per CPU core available
+    workers: int = Field(default=1, ge=1, le=256, validation_alias="BRIDGE_GATEWAY_WORKERS")
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, v: object) -> object:
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return max(1, len(os.sched_getaffinity(0)))
+        return v
 
     @model_validator(mode="after")
     def _buffer_bounds(self) -> Settings:

@@ -12,6 +12,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from bridge_common.channels import ALERTS_TOPIC
+from bridge_common.logging import get_logger
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -25,6 +26,9 @@ from .errors import BadRequest, GatewayError, Unauthorized, UnknownTopic
 from .event_ids import EventId, parse_id
 from .filters import RowFilter
 from .sessions import Session
+from .streaming import EXTENSION, StreamOut
+
+log = get_logger(__name__)
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -144,6 +148,69 @@ class EventStream(Response):
         self.close_after = close_after
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        out = scope.get("extensions", {}).get(EXTENSION)
+        if isinstance(out, StreamOut):
+            await self._write_through(out, receive, send)
+        else:
+            await self._buffered(receive, send)
+
+    async def _write_through(self, out: StreamOut, receive: Receive, send: Send) -> None:
+        """The gateway's own server: the fan-out writes each event straight to the socket;
+        this task only sends heartbeats and ends the response."""
+        gw = self.gw
+        client = gw.open_client("sse", self.principal, write_through=True)
+        client.events_left = self.close_after
+        ended = asyncio.Event()
+
+        def end(code: int, reason: str) -> None:
+            ended.set()
+
+        client.on_cut = end
+        client.sink = out.write
+        client.wait_writable = out.wait_writable
+        client.backlog = out.buffered
+        session = Session(gw, client)
+        watcher = asyncio.create_task(_watch_disconnect(receive, client))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            client.chunked = out.chunked
+            await send(
+                {"type": "http.response.body", "body": b": connected\n\n", "more_body": True}
+            )
+            if not client.closing:
+                try:
+                    session.open(self.topic, self.row_filter, self.since)
+                except GatewayError as err:
+                    client.send_error(err)
+                    client.close(1000, err.message, flush=True)
+            beat = gw.settings.sse_heartbeat
+            while not ended.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), beat)
+                if not ended.is_set():
+                    out.comment(b": ping\n\n")
+        except OSError:
+            pass  # peer gone
+        finally:
+            watcher.cancel()
+            await session.close()
+            if client.closing and not client.flush_before_close and out.buffered():
+                # cut (slow reader, shutdown): what the socket still holds is dropped
+                out.abort()
+            else:
+                try:
+                    await asyncio.wait_for(
+                        send({"type": "http.response.body", "body": b"", "more_body": False}),
+                        1.0,
+                    )
+                except TimeoutError:
+                    out.abort()  # the peer did not take the rest within the second
+                except Exception:  # noqa: BLE001 - the peer went away
+                    log.debug("sse.end_failed", exc_info=True)
+            gw.close_client(client)
+
+    async def _buffered(self, receive: Receive, send: Send) -> None:
+        """Another ASGI server: a buffer per client, drained by a writer task."""
         gw = self.gw
         client = gw.open_client("sse", self.principal)
         client.events_left = self.close_after
