@@ -146,7 +146,7 @@ def text(p: Page, selector: str) -> str:
     return p.locator(selector).inner_text().strip()
 
 
-def wait_until(check, timeout: float = 15.0) -> None:  # noqa: ANN001
+def wait_until(check, timeout: float = 30.0) -> None:  # noqa: ANN001
     """Poll `check()` (the page's CSP forbids Playwright's string-eval wait_for_function)."""
     deadline = time.monotonic() + timeout
     while not check():
