@@ -82,7 +82,7 @@ class Subscription:
     resume logic can replay history first and then release only newer ones.
     """
 
-    __slots__ = ("client", "topic", "filter", "pending", "task")
+    __slots__ = ("client", "topic", "filter", "pending", "task", "floor")
 
     def __init__(self, client: Client, topic: str, row_filter: RowFilter | None) -> None:
         self.client = client
@@ -90,6 +90,9 @@ class Subscription:
         self.filter = row_filter
         self.pending: list[Delivery] | None = []
         self.task: asyncio.Task[None] | None = None
+        #: the replay reached this id: the feed may still dispatch older events it had not
+        #: read from Redis yet — dropped until the first newer one (then ids only grow)
+        self.floor: EventId | None = None
 
     @property
     def filter_key(self) -> FilterKey | None:
@@ -97,6 +100,10 @@ class Subscription:
 
     def deliver(self, d: Delivery) -> None:
         if self.pending is None:
+            if self.floor is not None:
+                if parse_id(d.event_id) <= self.floor:
+                    return  # replayed already
+                self.floor = None
             self.client.deliver(d)
         elif len(self.pending) >= self.client.limits.max_messages:
             metrics.SLOW_DROPPED.inc()
@@ -107,6 +114,7 @@ class Subscription:
     def go_live(self, after: EventId | None) -> None:
         """Release held-back events newer than `after` and deliver directly from now on."""
         pending, self.pending = self.pending or [], None
+        self.floor = after
         for d in pending:
             if after is None or parse_id(d.event_id) > after:
                 self.client.deliver(d)
