@@ -11,6 +11,7 @@ from .app import build_app
 from .archive import open_archive
 from .gateway import Gateway
 from .settings import Settings
+from .snapshot import open_snapshots
 from .ws_protocol import GatewayWebSocketProtocol
 
 
@@ -39,8 +40,13 @@ def main(argv: list[str] | None = None) -> None:
                 max_size=settings.history_pool,
                 batch=settings.replay_batch,
             ) as archive,
+            open_snapshots(
+                settings.snapshot_dsn,
+                concurrency=settings.snapshot_concurrency,
+                statement_timeout=settings.snapshot_timeout,
+            ) as snapshots,
         ):
-            gateway = Gateway(settings, redis, live, archive)
+            gateway = Gateway(settings, redis, live, archive, snapshots)
             app = build_app(gateway)
             svc = Service(
                 settings,

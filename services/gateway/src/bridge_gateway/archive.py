@@ -30,8 +30,8 @@ APPLICATION_NAME = "bridge-gateway-history"
 #: how long an unreachable history database is answered for without trying again (s)
 _DOWN_FOR = 5.0
 
-#: (event id, id bytes, fragment)
-Row = tuple[EventId, bytes, bytes]
+#: (event id, id bytes, fragment, gateway-only meta)
+Row = tuple[EventId, bytes, bytes, bytes]
 
 _TOPIC_FLOOR = (
     "SELECT t.first_ms, h.complete_from_ms FROM bridge.history_horizon h "
@@ -124,8 +124,8 @@ class Archive:
                 return
             out: list[Row] = []
             for row in rows:
-                pos, frag = fragment(row)
-                out.append((pos, format_id(pos).encode(), frag))
+                pos, frag, meta = fragment(row)
+                out.append((pos, format_id(pos).encode(), frag, meta))
             cursor = out[-1][0]
             yield out
             if len(rows) < self.batch:

@@ -1,7 +1,8 @@
 """Server-Sent Events: `/events/{topic}` and the original service's aliases.
 
 Frames: `id: <event id>` / `event: <topic>` / `data: <event JSON>`; `event: subscribed`
-when the stream is live (after any replay); `event: error` (data = the error JSON, no
+when the stream is live (after any replay); with `?snapshot=1` first `event: snapshot`
+frames (no id) with the rows; `event: error` (data = the error JSON, no
 id) for `history_lost`; a `: ping` comment every `BRIDGE_GATEWAY_SSE_HEARTBEAT` seconds.
 """
 
@@ -20,7 +21,14 @@ from starlette.types import Receive, Scope, Send
 from . import metrics
 from .auth import Principal, token_from
 from .clients import Client
-from .errors import BadRequest, Forbidden, GatewayError, Unauthorized, UnknownTopic
+from .errors import (
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    SnapshotUnavailable,
+    Unauthorized,
+    UnknownTopic,
+)
 from .event_ids import parse_id
 from .filters import compile_filter
 from .sessions import Session
@@ -29,7 +37,7 @@ if TYPE_CHECKING:
     from .gateway import Gateway
 
 #: query parameters that are not row filters
-RESERVED = frozenset({"token", "last_event_id", "close_after"})
+RESERVED = frozenset({"token", "last_event_id", "close_after", "snapshot"})
 MAX_CLOSE_AFTER = 1_000_000
 
 _STATUS = {
@@ -39,6 +47,8 @@ _STATUS = {
     "unknown_topic": 404,
     "too_many_subscriptions": 429,
     "unavailable": 503,
+    "snapshot_unavailable": 501,
+    "snapshot_too_large": 413,
 }
 
 
@@ -97,6 +107,12 @@ async def _open(request: Request, topic: str, fixed: dict[str, Any]) -> Response
         if since is not None:
             parse_id(since)
         close_after = _close_after(params.get("close_after"))
+        # a reconnecting EventSource repeats the URL with Last-Event-ID: it resumes its view
+        snapshot = since is None and _flag(params.get("snapshot"))
+        if snapshot and gw.snapshots is None:
+            raise SnapshotUnavailable(
+                "snapshots are not enabled on this gateway (BRIDGE_SNAPSHOT_DSN)", topic=topic
+            )
         if topic != ALERTS_TOPIC and not await gw.topics.exists(topic):
             raise UnknownTopic(f"no such topic {topic!r}", topic=topic)
     except InvalidTopic as exc:
@@ -108,7 +124,19 @@ async def _open(request: Request, topic: str, fixed: dict[str, Any]) -> Response
         # a browser on another origin sees a retryable 503 rather than a network error
         return _error("unavailable", "Redis does not answer; retry", topic, headers=cors)
     headers = {"cache-control": "no-cache", "x-accel-buffering": "no", **cors}
-    return EventStream(gw, principal, topic, spec or None, since, close_after, headers)
+    stream = EventStream(gw, principal, topic, spec or None, since, close_after, headers)
+    stream.snapshot = snapshot
+    return stream
+
+
+def _flag(raw: str | None) -> bool:
+    if raw is None:
+        return False
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    if raw.lower() in ("", "0", "false", "no"):
+        return False
+    raise BadRequest("snapshot must be 1 or 0")
 
 
 def _close_after(raw: str | None) -> int | None:
@@ -147,6 +175,8 @@ class EventStream(Response):
         self.spec = spec
         self.since = since
         self.close_after = close_after
+        #: rows first (`event: snapshot` frames), then the events after them
+        self.snapshot = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gw
@@ -162,7 +192,9 @@ class EventStream(Response):
         watcher = asyncio.create_task(_watch_disconnect(receive, client))
         try:
             try:
-                session.subscribe(self.topic, self.spec, self.since)
+                session.subscribe(
+                    self.topic, self.spec, self.since, True if self.snapshot else None
+                )
             except GatewayError as err:
                 client.send_error(err)
                 client.close(1000, err.message, flush=True)

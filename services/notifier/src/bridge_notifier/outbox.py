@@ -33,6 +33,8 @@ class OutboxRow:
     key: str
     payload: str  # the row as JSON text, spliced into the event without re-encoding
     ts: str  # ISO 8601, UTC
+    txid: str | None = None  # the writing transaction (xid8 as text)
+    prior: str | None = None  # an update's old values of the columns it changed (JSON)
 
 
 @dataclass(slots=True)
@@ -86,7 +88,8 @@ class Outbox:
         self._select = sql.SQL(
             "WITH pruned AS (DELETE FROM bridge.outbox WHERE seq = ANY(%(prune)s::bigint[])) "
             "SELECT seq, topic, op, key, payload::text, "
-            "to_char(({ts}) AT TIME ZONE 'UTC', {iso}) FROM bridge.outbox "
+            "to_char(({ts}) AT TIME ZONE 'UTC', {iso}), txid::text, prior::text "
+            "FROM bridge.outbox "
             "WHERE seq NOT IN (SELECT unnest(%(skip)s::bigint[])) "
             "ORDER BY seq LIMIT %(limit)s"
         ).format(ts=sql.SQL(ts), iso=sql.SQL(_ISO))
@@ -99,9 +102,11 @@ class Outbox:
             "moved AS (DELETE FROM bridge.outbox o USING x WHERE o.seq = x.seq "
             "RETURNING o.topic, x.ms, x.n, o.op, o.key, "
             "CASE WHEN x.big IS NULL THEN o.payload END AS payload, x.big AS size, "
-            "{ts_o} AS ts), "
-            "kept AS (INSERT INTO bridge.history (topic, ms, n, op, key, payload, size, ts) "
-            "SELECT topic, ms, n, op, key, payload, size, ts FROM moved WHERE ms IS NOT NULL), "
+            "{ts_o} AS ts, o.txid, CASE WHEN x.big IS NULL THEN o.prior END AS prior), "
+            "kept AS (INSERT INTO bridge.history "
+            "(topic, ms, n, op, key, payload, size, ts, txid, prior) "
+            "SELECT topic, ms, n, op, key, payload, size, ts, txid, prior FROM moved "
+            "WHERE ms IS NOT NULL), "
             "state AS (INSERT INTO bridge.history_topics AS h "
             "(topic, last_ms, last_n, pub_ms, pub_n, first_ms) "
             "SELECT * FROM unnest(%(t)s::text[], %(lms)s::bigint[], %(ln)s::bigint[], "
@@ -109,7 +114,8 @@ class Outbox:
             "ON CONFLICT (topic) DO UPDATE SET last_ms = EXCLUDED.last_ms, "
             "last_n = EXCLUDED.last_n, pub_ms = EXCLUDED.pub_ms, pub_n = EXCLUDED.pub_n) "
             "SELECT seq, topic, op, key, payload::text, "
-            "to_char(({ts}) AT TIME ZONE 'UTC', {iso}) FROM bridge.outbox "
+            "to_char(({ts}) AT TIME ZONE 'UTC', {iso}), txid::text, prior::text "
+            "FROM bridge.outbox "
             "WHERE seq NOT IN (SELECT unnest(%(seq)b::bigint[])) "
             "ORDER BY seq LIMIT %(limit)s"
         ).format(
