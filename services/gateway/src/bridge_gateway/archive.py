@@ -86,6 +86,16 @@ class Archive:
             log.warning("archive.topic_lookup_failed", topic=topic, error=str(exc).strip()[:200])
             return False
 
+    async def last_id(self, topic: str) -> EventId | None:
+        """The last id the relay assigned on `topic` (None: no event yet); raises
+        psycopg errors when the history database cannot answer."""
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT last_ms, last_n FROM bridge.history_topics WHERE topic = %s", (topic,)
+            )
+            row = await cur.fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
     async def read_after(self, topic: str, after: EventId) -> AsyncIterator[list[Row]]:
         """Yield batches of the topic's events after `after`, oldest first, up to the end
         of the history; HistoryLost when it cannot vouch for all of them."""

@@ -279,11 +279,13 @@ class Session:
                     client.send_message(frame, sse_event="snapshot")
         finally:
             self.snapshots -= 1
+        # the rows are complete: what follows are the events after them, replayed from
+        # the position and then live, each dropped when the snapshot shows it
+        client.send_message(
+            encode_subscribed(topic, False, format_id(position)), sse_event="subscribed"
+        )
         last, lost = await self._replay(sub, position)
         if lost is not None:
             self.gw.count_history_lost()
             client.send_error(lost)
-        client.send_message(
-            encode_subscribed(topic, False, format_id(last)), sse_event="subscribed"
-        )
         sub.go_live(last)

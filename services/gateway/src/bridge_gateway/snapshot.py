@@ -73,17 +73,19 @@ class Snapshot:
         self.table = table
         self.cutover = cutover
         cols = sql.SQL(", ").join(sql.Identifier(k) for k in table.keys)
-        base = sql.SQL("SELECT to_jsonb(t)::text, {cols} FROM {tbl} t ").format(
-            cols=cols, tbl=sql.SQL(table.name)
-        )
+        # the row as the capture trigger encodes it, its event key, its key columns
+        base = sql.SQL(
+            "SELECT to_jsonb(t)::text, bridge.row_key(to_jsonb(t), {names}), {cols} FROM {tbl} t "
+        ).format(names=sql.Literal(list(table.keys)), cols=cols, tbl=sql.SQL(table.name))
         order = sql.SQL(" ORDER BY {cols} LIMIT %s").format(cols=cols)
         self._first = base + order
         marks = sql.SQL(", ").join(sql.Placeholder() for _ in table.keys)
         self._next = base + sql.SQL("WHERE ({cols}) > ({marks})").format(cols=cols, marks=marks)
         self._next += order
 
-    async def rows(self, row_filter: RowFilter | None) -> AsyncIterator[bytes]:
-        """The rows (JSON text as PostgreSQL wrote it) matching `row_filter`, key order."""
+    async def rows(self, row_filter: RowFilter | None) -> AsyncIterator[tuple[bytes, str]]:
+        """The rows (JSON text as PostgreSQL wrote it) matching `row_filter` with their
+        event keys, in primary-key order."""
         after: tuple[Any, ...] | None = None
         while True:
             if after is None:
@@ -91,9 +93,9 @@ class Snapshot:
             else:
                 cur = await self.conn.execute(self._next, (*after, PAGE_ROWS))
             page = await cur.fetchall()
-            for text, *keys in page:
+            for text, key, *keys in page:
                 if row_filter is None or row_filter.matches(_row_decoder.decode(text)):
-                    yield text.encode()
+                    yield text.encode(), key
                 after = tuple(keys)
             if len(page) < PAGE_ROWS:
                 return
@@ -107,7 +109,7 @@ class Snapshot:
         size = 0
         count = 0
         truncated = False
-        async for row in self.rows(row_filter):
+        async for row, _ in self.rows(row_filter):
             if count == limit:
                 truncated = True
                 break
@@ -121,13 +123,15 @@ class Snapshot:
             tail = b'],"truncated":true}' if truncated else b"]}"
             yield head + b",".join(frame) + tail
 
-    async def collect(self, row_filter: RowFilter | None, limit: int) -> tuple[list[bytes], bool]:
-        """Up to `limit` matching rows and whether more matched (for the HTTP answer)."""
-        out: list[bytes] = []
-        async for row in self.rows(row_filter):
+    async def collect(
+        self, row_filter: RowFilter | None, limit: int
+    ) -> tuple[dict[str, bytes], bool]:
+        """Up to `limit` matching rows by key, and whether more matched (HTTP answer)."""
+        out: dict[str, bytes] = {}
+        async for row, key in self.rows(row_filter):
             if len(out) == limit:
                 return out, True
-            out.append(row)
+            out[key] = row
         return out, False
 
 
@@ -155,6 +159,32 @@ class Snapshots:
                 )
             table = self._tables[topic] = Table(row[0], tuple(row[1]))
         return table
+
+    async def published(self, topic: str, cutover: Cutover, wait: float) -> None:
+        """Wait until every change of `topic` the snapshot shows has left the outbox (the
+        relay moved it into the history); Unavailable when the notifier is behind."""
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            try:
+                async with self.pool.connection() as conn:
+                    cur = await conn.execute(
+                        "SELECT EXISTS (SELECT 1 FROM bridge.outbox WHERE topic = %s "
+                        "AND pg_visible_in_snapshot(txid, %s::pg_snapshot))",
+                        (topic, cutover.text),
+                    )
+                    row = await cur.fetchone()
+            except (psycopg.OperationalError, PoolTimeout):
+                raise Unavailable(
+                    "the snapshot database cannot be reached; retry", topic=topic
+                ) from None
+            if row is not None and not row[0]:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise Unavailable(
+                    "the notifier has not yet published the changes this snapshot shows; retry",
+                    topic=topic,
+                )
+            await asyncio.sleep(0.05)
 
     @asynccontextmanager
     async def open(self, topic: str) -> AsyncIterator[Snapshot]:
