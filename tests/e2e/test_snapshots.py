@@ -18,7 +18,9 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import redis.asyncio as aredis
 import websockets
+from bridge_common.channels import Channels
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -51,7 +53,7 @@ def stack(
         logs,
     ).start()
     plain = ServiceProcess("gateway", env, logs).start()
-    yield {"dsn": migrated_dsn, "gw": gw, "plain": plain, "notifier": notifier}
+    yield {"dsn": migrated_dsn, "gw": gw, "plain": plain, "notifier": notifier, "env": env}
     for proc in (plain, gw, notifier):
         proc.stop()
 
@@ -340,3 +342,114 @@ def test_views_equal_the_table_after_snapshot_and_stream(
     stack: dict[str, Any], plans: list[tuple[str, int, float]]
 ) -> None:
     asyncio.run(_run_example(stack, plans))
+
+
+# -- leave frames, live and replayed ------------------------------------------------------
+
+
+async def _until_subscribed(ws: Any) -> list[dict[str, Any]]:
+    out = []
+    while True:
+        msg = json.loads(await asyncio.wait_for(ws.recv(), 20))
+        out.append(msg)
+        if msg["type"] in ("subscribed", "error"):
+            return out
+
+
+async def _events(ws: Any, count: int) -> list[dict[str, Any]]:
+    out = []
+    while len(out) < count:
+        msg = json.loads(await asyncio.wait_for(ws.recv(), 20))
+        assert msg["type"] == "event", msg
+        out.append(msg)
+    return out
+
+
+async def test_leave_frames_live_and_replayed_are_the_same(stack: dict[str, Any]) -> None:
+    dsn = stack["dsn"]
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(
+            f"INSERT INTO {TABLE} (id, grp, n, note) VALUES (-1, 'a', 0, 'x'), (-2, 'b', 0, '')"
+        )
+    async with websockets.connect(_ws(stack["gw"])) as ws:
+        await ws.send(
+            json.dumps(
+                {"type": "subscribe", "topic": TABLE, "filter": {"grp": "a"}, "snapshot": True}
+            )
+        )
+        first = await _until_subscribed(ws)
+        rows = {r["id"] for m in first if m["type"] == "snapshot" for r in m["rows"]}
+        assert -1 in rows and -2 not in rows
+        position = first[-1]["position"]
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            # out of the filter, a change that keeps it out, back in, and a note change
+            await conn.execute(f"UPDATE {TABLE} SET grp = 'b' WHERE id = -1")
+            await conn.execute(f"UPDATE {TABLE} SET n = 5 WHERE id = -1")
+            await conn.execute(f"UPDATE {TABLE} SET grp = 'a' WHERE id = -1")
+            await conn.execute(f"UPDATE {TABLE} SET note = 'y' WHERE id = -1")
+            # a row of another group moving around it is none of this subscriber's business
+            await conn.execute(f"UPDATE {TABLE} SET n = 1 WHERE id = -2")
+        live = await _events(ws, 3)
+    assert [e["op"] for e in live] == ["leave", "update", "update"]
+    leave = live[0]
+    assert leave["key"] == "-1" and "data" not in leave and leave["ts"]
+    assert set(leave) == {"type", "topic", "id", "op", "key", "ts"}
+    assert live[1]["data"]["grp"] == "a" and live[1]["data"]["n"] == 5
+    # the same frames again from the stream (`since`), and from the PostgreSQL history
+    # once Redis lost the stream
+    sub = {"type": "subscribe", "topic": TABLE, "filter": {"grp": "a"}, "since": position}
+    for lose_redis in (False, True):
+        if lose_redis:
+            client = aredis.Redis.from_url(stack["env"]["BRIDGE_REDIS_URL"])
+            await client.delete(Channels(stack["env"]["BRIDGE_NAMESPACE"]).stream(TABLE))
+            await client.aclose()
+        async with websockets.connect(_ws(stack["gw"])) as ws:
+            await ws.send(json.dumps(sub))
+            replayed = [m for m in await _until_subscribed(ws) if m["type"] == "event"]
+        assert [e for e in replayed if e["key"] == "-1"] == live, lose_redis
+
+
+async def test_snapshot_errors_are_clear(stack: dict[str, Any]) -> None:
+    gw, plain = stack["gw"], stack["plain"]
+    async with websockets.connect(_ws(gw)) as ws:
+        cases = [
+            ({"snapshot": True, "since": "0-0"}, "bad_request"),
+            ({"snapshot": {"limit": 5001}}, "snapshot_too_large"),
+            ({"snapshot": {"limit": 0}}, "bad_request"),
+            ({"snapshot": {"limit": 3, "extra": 1}}, "bad_request"),
+            ({"snapshot": "yes"}, "bad_request"),
+        ]
+        for extra, code in cases:
+            await ws.send(json.dumps({"type": "subscribe", "topic": TABLE, **extra}))
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert msg["type"] == "error" and msg["code"] == code, (extra, msg)
+            assert msg["message"]
+        # a limit cuts the rows: the last frame says so
+        await ws.send(json.dumps({"type": "subscribe", "topic": TABLE, "snapshot": {"limit": 1}}))
+        got = await _until_subscribed(ws)
+        frames = [m for m in got if m["type"] == "snapshot"]
+        assert sum(len(f["rows"]) for f in frames) == 1 and frames[-1]["truncated"] is True
+        assert got[-1]["type"] == "subscribed" and got[-1]["position"]
+    async with websockets.connect(_ws(plain)) as ws:
+        # snapshots disabled: refused, while live subscriptions work as before
+        await ws.send(json.dumps({"type": "subscribe", "topic": TABLE, "snapshot": True}))
+        msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert msg["code"] == "snapshot_unavailable", msg
+        await ws.send(json.dumps({"type": "subscribe", "topic": TABLE}))
+        assert (await _until_subscribed(ws))[-1]["type"] == "subscribed"
+    async with httpx.AsyncClient(timeout=20) as http:
+        for url, params, status, code in [
+            (plain.url, {}, 501, "snapshot_unavailable"),
+            (gw.url, {"limit": "5001"}, 413, "snapshot_too_large"),
+            (gw.url, {"limit": "many"}, 400, "bad_request"),
+        ]:
+            answer = await http.get(f"{url}/snapshot/{TABLE}", params=params)
+            assert answer.status_code == status, answer.text
+            assert answer.json()["code"] == code
+        answer = await http.get(f"{gw.url}/snapshot/no_such_topic")
+        assert answer.status_code == 404
+        answer = await http.get(f"{gw.url}/snapshot/{TABLE}", params={"limit": "1"})
+        body = answer.json()
+        assert len(body["rows"]) == 1 and body["truncated"] is True and body["position"]
+        answer = await http.get(f"{plain.url}/events/{TABLE}", params={"snapshot": "1"})
+        assert answer.status_code == 501

@@ -4,7 +4,8 @@ from for the changes after them — no gap, no overlap (docs/architecture.md, "S
 A later subscriber passes `since=<position>` and carries no snapshot of its own, so the
 position must split the stream exactly: every event at or before it already in the rows,
 every event after it not. Ids follow the relay's order, not commit order, so such a point
-needs the rows brought up to it: the position P is read before the snapshot S; after S,
+needs the rows brought up to it: the history's last id P is read before the snapshot S;
+after S,
 the gateway waits until no outbox row that S shows is left (the relay moved them all into
 the history), reads the history's last id H, and folds the events in (P, H] that S does
 not show into the rows. Every event S shows has an id ≤ H; every event ≤ P is shown by S;
@@ -36,11 +37,12 @@ from .errors import (
     Unavailable,
     UnknownTopic,
 )
-from .event_ids import EventId, format_id
+from .event_ids import ZERO, EventId, format_id
 from .filters import RowFilter, compile_filter
 from .views import Cutover, admits, decode_meta, decode_row
 
 if TYPE_CHECKING:
+    from .archive import Archive
     from .gateway import Gateway
 
 #: query parameters that are not row filters
@@ -111,6 +113,13 @@ async def snapshot_topic(request: Request) -> Response:
     )
 
 
+async def _last_id(archive: Archive, topic: str) -> EventId | None:
+    try:
+        return await archive.last_id(topic)
+    except (psycopg.Error, PoolTimeout):
+        raise Unavailable("the history database cannot be reached; retry", topic=topic) from None
+
+
 def _limit(gw: Gateway, raw: str | None, topic: str) -> int:
     most = gw.settings.snapshot_max_rows
     if raw is None or raw == "":
@@ -134,16 +143,13 @@ async def _read(gw: Gateway, topic: str, row_filter: RowFilter | None, limit: in
     assert snapshots is not None
     if archive is None:
         raise Unavailable("the history database is not configured", topic=topic)
-    position = await gw.history.tail(topic)
+    # the history's last id, not Redis's: it never goes back when Redis loses data
+    position = await _last_id(archive, topic) or ZERO
     async with snapshots.open(topic) as snap:
         rows, truncated = await snap.collect(row_filter, limit)
         cutover = snap.cutover
     await snapshots.published(topic, cutover, CATCH_UP)
-    try:
-        last = await archive.last_id(topic)
-    except (psycopg.Error, PoolTimeout):
-        raise Unavailable("the history database cannot be reached; retry", topic=topic) from None
-    end = max(position, last) if last is not None else position
+    end = await _last_id(archive, topic) or position
     await _fold(gw, topic, row_filter, cutover, rows, position, end)
     if len(rows) > limit:
         for key in list(rows)[limit:]:
