@@ -20,6 +20,7 @@ from bridge_common.events import (
     ErrorMessage,
     Event,
     Pong,
+    SnapshotFrame,
     Subscribed,
     decode_server_message,
     dumps,
@@ -57,6 +58,10 @@ def subscribe_frame(sub: Subscription) -> bytes:
     sub.sent_since = since
     if since is not None:
         msg["since"] = since
+    else:
+        snapshot = sub.snapshot_request()
+        if snapshot is not None:
+            msg["snapshot"] = snapshot
     return dumps(msg)
 
 
@@ -186,10 +191,18 @@ class WebSocketSession:
                 if sub is None or not sub.active:
                     continue  # in flight before an unsubscribe
                 self._deliver(sub, msg)
+            elif isinstance(msg, SnapshotFrame):
+                sub = on_wire.get(msg.topic)
+                if sub is not None and sub.active and not sub.offer(sub.snapshot_rows(msg)):
+                    sub.held = True
+                    raise _Overflow(sub.topic)
             elif isinstance(msg, Subscribed):
                 sub = on_wire.get(msg.topic)
                 if sub is not None:
-                    sub.set_live(msg.recovered)
+                    done = sub.subscribed(msg)
+                    if done is not None and not sub.offer(done):
+                        sub.held = True
+                        raise _Overflow(sub.topic)
             elif isinstance(msg, ErrorMessage):
                 self._error(msg, on_wire)
             elif isinstance(msg, Pong):

@@ -177,6 +177,8 @@ class SnapshotFrame(msgspec.Struct, tag_field="type", tag="snapshot", omit_defau
 
     topic: str
     rows: list[dict[str, Any]]
+    #: each row's event key (the `key` its events carry), in the order of `rows`
+    keys: list[str] = []
     truncated: bool = False
 
 

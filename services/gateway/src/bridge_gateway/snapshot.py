@@ -101,27 +101,29 @@ class Snapshot:
                 return
 
     async def frames(self, row_filter: RowFilter | None, limit: int) -> AsyncIterator[bytes]:
-        """`snapshot` frames of at most about FRAME_BYTES; the last says `truncated` when
-        more than `limit` rows match (a frame is sent only once the next row is known, so
-        the flag lands on the last one)."""
+        """`snapshot` frames of at most about FRAME_BYTES, each row's event key in `keys`
+        beside it; the last frame says `truncated` when more than `limit` rows match (a
+        frame is sent only once the next row is known, so the flag lands on the last)."""
         head = b'{"type":"snapshot","topic":' + dumps(self.topic) + b',"rows":['
         frame: list[bytes] = []
+        keys: list[str] = []
         size = 0
         count = 0
         truncated = False
-        async for row, _ in self.rows(row_filter):
+        async for row, key in self.rows(row_filter):
             if count == limit:
                 truncated = True
                 break
             if frame and size + len(row) > FRAME_BYTES:
-                yield head + b",".join(frame) + b"]}"
-                frame, size = [], 0
+                yield head + b",".join(frame) + b'],"keys":' + dumps(keys) + b"}"
+                frame, keys, size = [], [], 0
             frame.append(row)
-            size += len(row) + 1
+            keys.append(key)
+            size += len(row) + len(key) + 4
             count += 1
         if frame:
-            tail = b'],"truncated":true}' if truncated else b"]}"
-            yield head + b",".join(frame) + tail
+            tail = b',"truncated":true}' if truncated else b"}"
+            yield head + b",".join(frame) + b'],"keys":' + dumps(keys) + tail
 
     async def collect(
         self, row_filter: RowFilter | None, limit: int

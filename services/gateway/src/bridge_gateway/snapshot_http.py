@@ -160,7 +160,9 @@ async def _read(gw: Gateway, topic: str, row_filter: RowFilter | None, limit: in
         + dumps(topic)
         + b',"rows":['
         + b",".join(rows.values())
-        + b'],"position":"'
+        + b'],"keys":'
+        + dumps(list(rows))
+        + b',"position":"'
         + format_id(end).encode()
         + b'","truncated":'
         + (b"true" if truncated else b"false")
