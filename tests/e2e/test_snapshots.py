@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,8 @@ class View:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
+        #: the last messages, for the assertion messages
+        self.log: list[dict[str, Any]] = []
         self.rows: dict[str, dict[str, Any]] = {}
         self.leaves = 0
         self.subscribed: dict[str, Any] | None = None
@@ -95,6 +99,8 @@ class View:
         self.errors: list[dict[str, Any]] = []
 
     def apply(self, msg: dict[str, Any]) -> None:
+        self.log.append(msg)
+        del self.log[:-12]
         kind = msg["type"]
         if kind == "snapshot":
             assert self.subscribed is None, "snapshot rows after subscribed"
@@ -106,7 +112,7 @@ class View:
             # after a snapshot every event follows `subscribed`; a `since` replay precedes it
             assert self.kind == "http" or self.subscribed is not None, "event too early"
             if self.last_id is not None:
-                assert _id(msg["id"]) > _id(self.last_id), (msg["id"], self.last_id)
+                assert _id(msg["id"]) > _id(self.last_id), (self.kind, self.log)
             self.last_id = msg["id"]
             op = msg["op"]
             key = msg["key"]
@@ -139,7 +145,29 @@ def _id(text: str) -> tuple[int, int]:
     return int(ms), int(n)
 
 
-async def _writer(dsn: str, seed: int, stop: asyncio.Event, next_id: list[int]) -> int:
+class Ids:
+    """The ids writers insert next and the ones they change (shared by the writers)."""
+
+    def __init__(self, first: int, existing: list[int]) -> None:
+        self.next = first
+        self.known = list(existing)
+
+    def new(self) -> int:
+        self.next += 1
+        self.known.append(self.next)
+        return self.next
+
+    def pick(self, rnd: random.Random) -> int:
+        return rnd.choice(self.known) if self.known else 0
+
+
+async def _known_ids(dsn: str) -> list[int]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(f"SELECT id FROM {TABLE} WHERE id > 0")
+        return [r[0] for r in await cur.fetchall()]
+
+
+async def _writer(dsn: str, seed: int, stop: asyncio.Event, ids: Ids) -> int:
     """Small transactions of 1-3 changes, ~100 changes/s per writer."""
     rnd = random.Random(seed)
     done = 0
@@ -149,21 +177,20 @@ async def _writer(dsn: str, seed: int, stop: asyncio.Event, next_id: list[int]) 
                 for _ in range(rnd.randint(1, 3)):
                     roll = rnd.random()
                     if roll < 0.35:
-                        next_id[0] += 1
                         await conn.execute(
                             f"INSERT INTO {TABLE} (id, grp, n) VALUES (%s, %s, 0)",
-                            (next_id[0], rnd.choice(GROUPS)),
+                            (ids.new(), rnd.choice(GROUPS)),
                         )
                     elif roll < 0.85:
                         # moves rows between the filters' groups
                         await conn.execute(
                             f"UPDATE {TABLE} SET grp = %s, n = n + 1 WHERE id = %s",
-                            (rnd.choice(GROUPS), rnd.randint(1, max(1, next_id[0]))),
+                            (rnd.choice(GROUPS), ids.pick(rnd)),
                         )
                     else:
                         await conn.execute(
                             f"DELETE FROM {TABLE} WHERE id = %s",
-                            (rnd.randint(1, max(1, next_id[0])),),
+                            (ids.pick(rnd),),
                         )
                     done += 1
             await asyncio.sleep(rnd.uniform(0.0, 0.02))
@@ -318,13 +345,11 @@ async def _converged(
 
 async def _run_example(stack: dict[str, Any], plans: list[tuple[str, int, float]]) -> None:
     dsn = stack["dsn"]
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cur = await conn.execute(f"SELECT coalesce(max(id), 0) FROM {TABLE}")
-        row = await cur.fetchone()
-    next_id = [row[0] if row else 0]
+    known = await _known_ids(dsn)
+    ids = Ids(max(known, default=0), known)
     stop_writers = asyncio.Event()
     stop_clients = asyncio.Event()
-    writers = [asyncio.create_task(_writer(dsn, seed, stop_writers, next_id)) for seed in range(3)]
+    writers = [asyncio.create_task(_writer(dsn, seed, stop_writers, ids)) for seed in range(3)]
     views: list[tuple[dict[str, str] | None, View]] = []
     clients = []
     readies = []
@@ -366,7 +391,7 @@ async def _run_example(stack: dict[str, Any], plans: list[tuple[str, int, float]
 
 
 @settings(
-    max_examples=6,
+    max_examples=int(os.environ.get("BRIDGE_TEST_SNAPSHOT_EXAMPLES", "6")),
     deadline=None,
     # timing makes an example unrepeatable: shrinking would only re-run different races
     phases=[Phase.explicit, Phase.generate],
@@ -497,3 +522,67 @@ async def test_snapshot_errors_are_clear(stack: dict[str, Any]) -> None:
         assert len(body["rows"]) == 1 and body["truncated"] is True and body["position"]
         answer = await http.get(f"{plain.url}/events/{TABLE}", params={"snapshot": "1"})
         assert answer.status_code == 501
+
+
+# -- the browser client ------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+async def test_browser_view_equals_the_table(stack: dict[str, Any], transport: str) -> None:
+    """client.js's BridgeView (snapshot, then events, leave frames) under writers."""
+    if not shutil.which(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    from playwright.async_api import async_playwright
+
+    from tests.client.proxies import static_page
+
+    gw = stack["gw"]
+    html = f"""<!doctype html><meta charset="utf-8"><title>view</title>
+<script type="module">
+  import {{ BridgeClient, BridgeView }} from "{gw.url}/client.js";
+  window.errors = []; window.changes = 0; window.leaves = 0;
+  const client = new BridgeClient("{gw.url}", {{ transport: "{transport}" }});
+  window.view = new BridgeView(client, "{TABLE}", {{
+    filter: {{ grp: "b" }},
+    onChange: (view, event) => {{
+      window.changes += 1;
+      if (event && event.op === "leave") {{
+        window.leaves += 1;
+        if ("data" in event) window.errors.push("leave with data");
+      }}
+    }},
+    onError: (err) => window.errors.push(err.code),
+  }});
+</script>"""
+    stop = asyncio.Event()
+    known = await _known_ids(stack["dsn"])
+    ids = Ids(10_000_000 + (1_000_000 if transport == "sse" else 0), known)
+    writers = [asyncio.create_task(_writer(stack["dsn"], s, stop, ids)) for s in (7, 8)]
+    async with async_playwright() as pw, static_page(html) as url:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = await browser.new_page()
+            await page.goto(url)
+            await page.wait_for_function("window.view && window.view.complete", timeout=20_000)
+            await asyncio.sleep(1.0)  # changes after the snapshot, rows moving in and out
+            stop.set()
+            await asyncio.gather(*writers)
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:
+                got = await page.evaluate("Object.fromEntries(window.view.rows)")
+                want = await _expected(stack["dsn"], {"grp": "b"})
+                if got == want and await _outbox_empty(stack["dsn"]):
+                    break
+                assert asyncio.get_running_loop().time() < deadline, (
+                    set(got) ^ set(want),
+                    await page.evaluate("window.errors"),
+                )
+                await asyncio.sleep(0.2)
+            assert await page.evaluate("window.errors") == []
+            assert await page.evaluate("window.changes") > 0
+        finally:
+            await browser.close()
