@@ -59,7 +59,7 @@ class Subscription:
     snapshot, `cutover` drops every event whose transaction the snapshot already shows.
     """
 
-    __slots__ = ("client", "topic", "filter", "pending", "task", "cutover")
+    __slots__ = ("client", "topic", "filter", "pending", "task", "cutover", "floor")
 
     def __init__(self, client: Client, topic: str, row_filter: RowFilter | None) -> None:
         self.client = client
@@ -68,6 +68,9 @@ class Subscription:
         self.pending: list[tuple[Delivery, int | None]] | None = []
         self.task: asyncio.Task[None] | None = None
         self.cutover: Cutover | None = None
+        #: the replay reached this id: the feed may still dispatch older events it had not
+        #: read from Redis yet — dropped until the first newer one (then ids only grow)
+        self.floor: EventId | None = None
 
     @property
     def filter_key(self) -> FilterKey | None:
@@ -75,6 +78,10 @@ class Subscription:
 
     def deliver(self, d: Delivery, txid: int | None = None) -> None:
         if self.pending is None:
+            if self.floor is not None:
+                if parse_id(d.event_id) <= self.floor:
+                    return  # replayed already
+                self.floor = None
             if self.cutover is None or self.cutover.after(txid):
                 self.client.deliver(d)
         elif len(self.pending) >= self.client.limits.max_messages:
@@ -87,6 +94,7 @@ class Subscription:
         """Release held-back events newer than `after` (and after the snapshot, if any)
         and deliver directly from now on."""
         pending, self.pending = self.pending or [], None
+        self.floor = after
         cutover = self.cutover
         for d, txid in pending:
             if (after is None or parse_id(d.event_id) > after) and (
