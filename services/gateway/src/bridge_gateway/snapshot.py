@@ -74,14 +74,19 @@ class Snapshot:
         self.cutover = cutover
         cols = sql.SQL(", ").join(sql.Identifier(k) for k in table.keys)
         # the row as the capture trigger encodes it, its event key, its key columns
-        base = sql.SQL(
-            "SELECT to_jsonb(t)::text, bridge.row_key(to_jsonb(t), {names}), {cols} FROM {tbl} t "
-        ).format(names=sql.Literal(list(table.keys)), cols=cols, tbl=sql.SQL(table.name))
-        order = sql.SQL(" ORDER BY {cols} LIMIT %s").format(cols=cols)
-        self._first = base + order
+        # the row as the capture trigger encodes it (to_jsonb once), its event key, its key
+        # columns; the page is cut in the inner query, by the primary key's index
+        outer = sql.SQL("SELECT j::text, bridge.row_key(j, {names}), {cols} FROM (").format(
+            names=sql.Literal(list(table.keys)), cols=cols
+        )
+        inner = sql.SQL("SELECT to_jsonb(t) AS j, {cols} FROM {tbl} t ").format(
+            cols=cols, tbl=sql.SQL(table.name)
+        )
+        order = sql.SQL(" ORDER BY {cols} LIMIT %s) s").format(cols=cols)
         marks = sql.SQL(", ").join(sql.Placeholder() for _ in table.keys)
-        self._next = base + sql.SQL("WHERE ({cols}) > ({marks})").format(cols=cols, marks=marks)
-        self._next += order
+        after = sql.SQL("WHERE ({cols}) > ({marks})").format(cols=cols, marks=marks)
+        self._first = outer + inner + order
+        self._next = outer + inner + after + order
 
     async def rows(self, row_filter: RowFilter | None) -> AsyncIterator[tuple[bytes, str]]:
         """The rows (JSON text as PostgreSQL wrote it) matching `row_filter` with their
