@@ -10,7 +10,13 @@ No gap when Redis drops: the hub reconnects with backoff and re-subscribes; whil
 is re-synchronising, live messages are buffered, the history is read from the last
 delivered id (the stream, else the PostgreSQL history when Redis lost data — see
 `history.py`), and then the buffer is flushed skipping ids already delivered — connected
-clients see every event once, in order.
+clients see every event once, in order. A subscription that replayed on its own (resume,
+snapshot) goes live at the last id it replayed and drops what the feed, reading Redis a
+little behind, dispatches at or below it.
+
+Snapshot subscriptions drop every event whose transaction their snapshot shows, and a
+filtered group gets a `leave` frame for an update that took a row out of its filter
+(`views.py`).
 """
 
 from __future__ import annotations
