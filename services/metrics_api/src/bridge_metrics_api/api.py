@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from . import audit, live, params
+from . import audit, lag_history, live, params
 from .cache import SettledBuckets, SingleFlight
 from .errors import BeyondRetention, InvalidParameter, MetricsApiError
 from .openapi import openapi_document
@@ -82,6 +82,7 @@ class MetricsApi:
             Route("/api/v1/dashboard/overview", self._wrap("overview", self.overview)),
             Route("/api/v1/dashboard/timeline", self._wrap("timeline", self.timeline)),
             Route("/api/v1/dashboard/corrections", self._wrap("corrections", self.corrections)),
+            Route("/api/v1/dashboard/lag", self._wrap("lag", self.lag)),
             Route("/api/v1/services", self._wrap("services", self.services)),
             Route("/openapi.json", self._wrap("openapi", self.openapi)),
         ]
@@ -123,6 +124,13 @@ class MetricsApi:
             request.query_params, _names(request), datetime.now(UTC), self.retention
         )
         return await self.src.bounded("target database", audit.corrections(self.src.target_pool, q))
+
+    async def lag(self, request: Request) -> Any:
+        window = lag_history.parse_window(request.query_params, _names(request))
+        return await self.src.bounded(
+            "redis",
+            lag_history.lag_history(self.src.redis, self.src.channels, window, time.time()),
+        )
 
     async def services(self, request: Request) -> Any:
         params.no_params(_names(request))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from . import params, planner
+from . import lag_history, params, planner
 
 _INT = {"type": "integer"}
 _NUM = {"type": "number"}
@@ -230,6 +230,30 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "Lag": {
+        "type": "object",
+        "properties": {
+            "window": {"type": "string", "enum": list(lag_history.WINDOWS)},
+            "since": _TIME,
+            "until": _TIME,
+            "points": _INT,
+            "topics": {
+                "type": "object",
+                "description": "topic → hop (`commit`, `delivery`, `store`) → `p99_max` "
+                "(seconds) and `series` (`points` values, seconds or null), worst topics first",
+                "additionalProperties": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "properties": {
+                            "p99_max": _NUM,
+                            "series": {"type": "array", "items": _NULLABLE_NUM},
+                        },
+                    },
+                },
+            },
+        },
+    },
     "Services": {
         "type": "object",
         "properties": {
@@ -389,6 +413,17 @@ def openapi_document() -> dict[str, Any]:
                 "list from the rows (kept `BRIDGE_ETL_RETENTION_DAYS`, 90 by default).",
                 "Corrections",
                 params.CORRECTIONS_PARAMS,
+            ),
+            "/api/v1/dashboard/lag": _get(
+                "Delivery lag per topic over a window",
+                "Per topic and hop (`commit`: commit → relay publish, `delivery`: publish → "
+                "gateway send, `store`: publish → ETL store), the worst last-minute p99 the "
+                "metrics snapshots recorded over the window and a series of "
+                f"{lag_history.POINTS} slices (each the worst p99 in it; null where no event "
+                f"passed). The {lag_history.MAX_TOPICS} worst topics. Read from the snapshot "
+                "stream (a day is kept).",
+                "Lag",
+                lag_history.LAG_PARAMS,
             ),
             "/api/v1/services": _get(
                 "Service instances and their last heartbeat",

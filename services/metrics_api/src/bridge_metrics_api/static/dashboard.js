@@ -143,20 +143,24 @@
       renderAlerts(ov.alerts.firing);
     }
     renderStatuses(ov.intents);
-    renderLag(ov.lag);
+    state.lag = ov.lag;
+    renderLag();
     const errs = Object.entries(ov.errors || {});
     showBanner(errs.length ? "Partly unavailable: " + errs.map((e) => e[1]).join("; ") : "");
   }
 
-  // per topic and hop: p50 / p99 seconds over the last minute (overview `lag`)
-  function renderLag(lag) {
-    if (!lag) return;
+  // per topic and hop: p50 / p99 seconds over the last minute (overview `lag`), and the
+  // worst p99 over the last hour (`/api/v1/dashboard/lag`, refreshed every 30 s)
+  function renderLag() {
+    const lag = state.lag || {};
+    const hour = state.lagHour || {};
     const hops = ["commit", "delivery", "store"];
-    const topics = [...new Set(hops.flatMap((h) => Object.keys(lag[h] || {})))].sort();
+    const topics = [...new Set(hops.flatMap((h) => Object.keys(lag[h] || {}))
+      .concat(Object.keys(hour)))].sort();
     $("lag-count").textContent = topics.length ? topics.length + " topics" : "";
     if (!topics.length) {
       const tr = el("tr");
-      const td = el("td", "empty", "No events in the last minute");
+      const td = el("td", "empty", "No events in the last hour");
       td.colSpan = 4;
       tr.append(td);
       replaceChildren($("lag"), [tr]);
@@ -168,8 +172,15 @@
       tr.append(el("td", "name", t));
       for (const h of hops) {
         const q = (lag[h] || {})[t];
+        const worst = ((hour[t] || {})[h] || {}).p99_max;
         const cell = el("td", q ? level(q.p99, limits[h][0], limits[h][1]) : "",
           q ? fmtSeconds(q.p50) + " / " + fmtSeconds(q.p99) : "–");
+        if (typeof worst === "number") {
+          const w = el("span", "hour " + level(worst, limits[h][0], limits[h][1]),
+            " · 1 h ≤ " + fmtSeconds(worst));
+          w.title = "worst p99 over the last hour";
+          cell.append(w);
+        }
         tr.append(cell);
       }
       return tr;
@@ -547,6 +558,17 @@
     });
   }
   setPill();
+  async function refreshLagHour() {
+    try {
+      state.lagHour = (await getJSON("/api/v1/dashboard/lag?window=1h")).topics;
+      renderLag();
+    } catch (err) {
+      // the last-minute figures still show; the next round tries again
+    }
+  }
+
   refresh();
+  refreshLagHour();
+  setInterval(refreshLagHour, 30000);
   connectGateway(0);
 })();
