@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +154,16 @@ def test_prometheus_rules_keep_the_alerters_thresholds(prom_name: str, alerter_n
     assert float(comparison.group(2)) == float(alerter["threshold"])
     assert prom["for"] == alerter["for"]
     assert prom["labels"]["severity"] == alerter["severity"]
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None,
+    reason="promtool not installed (.ci/run installs Debian's prometheus package for it)",
+)
+def test_promtool_accepts_the_rule_file() -> None:
+    """The rule file loads in Prometheus itself (expressions parse, durations valid)."""
+    out = subprocess.run(
+        ["promtool", "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout
