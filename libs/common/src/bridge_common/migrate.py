@@ -262,7 +262,12 @@ async def _applied(conn: psycopg.AsyncConnection[Any], scope: Scope) -> dict[str
 
 async def _connect(dsn: str, scope: Scope) -> psycopg.AsyncConnection[Any]:
     try:
-        return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        # no server-side prepared statements: a migration runs each statement a few times
+        # at most, and poolers or single-session servers (PgBouncer in transaction mode,
+        # PGlite) do not keep them apart between sessions
+        return await psycopg.AsyncConnection.connect(
+            dsn, autocommit=True, prepare_threshold=None
+        )
     except psycopg.OperationalError as exc:
         raise MigrationError(f"cannot connect to the {scope} database: {_first_line(exc)}") from exc
 
