@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from tests.support.processes import ServiceProcess
+from tests.support.suite import make_token
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -617,3 +618,77 @@ async def test_browser_view_equals_the_table(stack: dict[str, Any], transport: s
             assert await page.evaluate("window.changes") > 0
         finally:
             await browser.close()
+
+
+ACCESS_TABLE = "snap_access"
+
+
+async def test_token_row_filters_apply_to_every_snapshot_path(
+    stack: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Row-level access: the WebSocket snapshot, `?snapshot=1` and `GET /snapshot` read
+    with the effective filter (token `filters` AND the client's) — a tenant gets its own
+    rows only, and a filter beyond the token's is refused."""
+    dsn = stack["dsn"]
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(
+            f"CREATE TABLE {ACCESS_TABLE} (id int PRIMARY KEY, grp text NOT NULL, n int)"
+        )
+        await conn.execute("SELECT bridge.watch(%s::regclass)", (ACCESS_TABLE,))
+        await conn.execute(
+            f"INSERT INTO {ACCESS_TABLE} SELECT i, (ARRAY['a','b','c'])[i % 3 + 1], i "
+            "FROM generate_series(1, 9) i"
+        )
+    want = {str(i): {"id": i, "grp": "b", "n": i} for i in range(1, 10) if i % 3 == 1}
+    env = {**stack["env"], "BRIDGE_AUTH": "jwt", "BRIDGE_SNAPSHOT_DSN": dsn}
+    logs = Path(tmp_path_factory.mktemp("snapaccess"))
+    gw = ServiceProcess("gateway", env, logs).start(timeout=40)
+    try:
+        token = make_token([ACCESS_TABLE], extra={"filters": {ACCESS_TABLE: {"grp": "b"}}})
+        url = f"{gw.url}/snapshot/{ACCESS_TABLE}"
+        async with httpx.AsyncClient(timeout=20) as http:
+            # the topic exists once the notifier published the inserts
+            for _ in range(400):
+                r = await http.get(url, params={"token": token})
+                if r.status_code != 404:
+                    break
+                await asyncio.sleep(0.05)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert {k: row for k, row in zip(body["keys"], body["rows"], strict=True)} == want
+            # narrowing further is allowed; widening is refused
+            r = await http.get(url, params={"token": token, "n": "4"})
+            assert r.status_code == 200 and r.json()["rows"] == [want["4"]], r.text
+            r = await http.get(url, params={"token": token, "grp": "a"})
+            assert r.status_code == 403 and r.json()["code"] == "forbidden", r.text
+            # SSE ?snapshot=1 (the gateway's own server: the write-through path)
+            rows: dict[str, Any] = {}
+            params = {"token": token, "snapshot": "1"}
+            async with http.stream("GET", f"{gw.url}/events/{ACCESS_TABLE}", params=params) as s:
+                assert s.status_code == 200
+                event = ""
+                async for line in s.aiter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: ") and event == "snapshot":
+                        frame = json.loads(line[6:])
+                        rows.update(zip(frame["keys"], frame["rows"], strict=True))
+                    elif line.startswith("data: ") and event == "subscribed":
+                        break
+            assert rows == want
+        # WebSocket subscribe with a snapshot
+        headers = {"Authorization": f"Bearer {token}"}
+        async with websockets.connect(_ws(gw), additional_headers=headers) as ws:
+            sub = {"type": "subscribe", "topic": ACCESS_TABLE, "snapshot": True}
+            await ws.send(json.dumps(sub))
+            got = await _until_subscribed(ws)
+            rows = {}
+            for f in got:
+                if f["type"] == "snapshot":
+                    rows.update(zip(f["keys"], f["rows"], strict=True))
+            assert rows == want and got[-1]["type"] == "subscribed"
+            await ws.send(json.dumps({**sub, "filter": {"grp": ["a", "b"]}}))
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert msg["type"] == "error" and msg["code"] == "forbidden", msg
+    finally:
+        gw.stop()
