@@ -47,7 +47,8 @@ async def relay(port: int, redis_url: str, channel: str) -> None:
             while True:
                 msg: Any = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if msg is not None and msg["type"] == "message":
-                    broadcast(clients, msg["data"].decode())
+                    # the live channel carries `event\nmeta`: clients get the event only
+                    broadcast(clients, msg["data"].partition(b"\n")[0].decode())
 
         task = asyncio.create_task(pump())
         await stop.wait()
@@ -104,7 +105,7 @@ async def sse_relay(port: int, redis_url: str, channel: str) -> None:
         while True:
             msg: Any = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if msg is not None and msg["type"] == "message":
-                frame = b"data: " + msg["data"] + b"\n\n"
+                frame = b"data: " + msg["data"].partition(b"\n")[0] + b"\n\n"
                 for transport in clients:
                     transport.write(frame)
 

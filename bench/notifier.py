@@ -262,7 +262,8 @@ async def _latency(
             if data.startswith(b"floor:"):
                 arrived[data.decode()] = now
             else:
-                arrived[decode_event(data).key] = now
+                # the live channel carries `event\nmeta` (snapshots): decode the event
+                arrived[decode_event(data.partition(b"\n")[0]).key] = now
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()

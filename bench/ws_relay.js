@@ -10,7 +10,10 @@ const sub = createClient({ url: redisUrl });
 
 sub.connect().then(async () => {
   await sub.subscribe(channel, (message) => {
-    for (const client of wss.clients) client.send(message, { binary: false });
+    // the live channel carries `event\nmeta`: clients get the event only
+    const nl = message.indexOf("\n");
+    const event = nl < 0 ? message : message.slice(0, nl);
+    for (const client of wss.clients) client.send(event, { binary: false });
   });
   console.log("ready");
 });

@@ -203,11 +203,14 @@ async def test_a_100kb_row_arrives_whole_live_and_in_the_stream(
         msg = await pubsub.get_message(timeout=1, ignore_subscribe_messages=True)
     await pubsub.aclose()
     assert msg is not None, "no live event"
-    live = decode_event(msg["data"])
+    # the live message is the event, then after a newline its gateway-only meta
+    event, _, meta = msg["data"].rpartition(b"\n")
+    live = decode_event(event)
     assert live.op == "insert" and live.key == "1" and live.data["pad"] == pad
     [(sid, fields)] = await aredis_client.xrange(ch.stream("big"))
     stored = assemble_event("big", sid, fields[b"f"])
-    assert stored == msg["data"]  # the same bytes for live fan-out and for replay
+    assert stored == event  # the same bytes for live fan-out and for replay
+    assert fields[b"m"] == meta and meta.startswith(b'{"x":')
     assert live.id == sid.decode()
 
 

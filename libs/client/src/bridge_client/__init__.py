@@ -10,7 +10,13 @@ seen exactly once; `HistoryLost` when the gateway can no longer resume.
 
 `event.op` is `insert`, `update`, `delete` or `truncate` (the table was emptied: key "",
 data {}; drop what you hold for the topic). A primary-key change arrives as a `delete` of
-the old key then an `insert` of the new one; a composite key is JSON array text.
+the old key then an `insert` of the new one; a composite key is JSON array text. A
+filtered subscriber gets `leave` (key, no data) when an update takes a row out of its
+filter.
+
+`client.subscribe(topic, filter=…, snapshot=True)` yields `SnapshotRows` (the rows now),
+then the events after them exactly once; `async for view in sub.view()` keeps a dict by
+key.
 """
 
 from bridge_common.events import Event, PresenceEntry
@@ -28,7 +34,7 @@ from .errors import (
 )
 from .eventid import parse_event_id
 from .presence import PresenceChange, PresenceList, PresenceSnapshot
-from .subscription import Subscription
+from .subscription import SnapshotRows, Subscription, View
 
 __all__ = [
     "Backoff",
@@ -45,9 +51,11 @@ __all__ = [
     "PresenceEntry",
     "PresenceList",
     "PresenceSnapshot",
+    "SnapshotRows",
     "Subscription",
     "SubscriptionRejected",
     "Unauthorized",
+    "View",
     "backoff_ceiling",
     "backoff_delay",
     "parse_event_id",

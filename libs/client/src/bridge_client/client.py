@@ -194,17 +194,26 @@ class BridgeClient:
         since: str | None = None,
         *,
         presence: bool = False,
+        snapshot: bool | int = False,
     ) -> Subscription:
         """Subscribe to `topic` (optionally only rows matching `filter`, optionally
         replaying what came after event id `since`). One subscription per topic.
 
         `presence=True`: `subscription.presence` keeps the list of who else is
-        subscribed (WebSocket transport; over SSE use :meth:`presence`)."""
+        subscribed (WebSocket transport; over SSE use :meth:`presence`).
+
+        `snapshot=True` (or a row limit, WebSocket only; SSE uses the gateway's limit):
+        first the rows matching `filter` as `SnapshotRows` items, then every change
+        after them exactly once — `Subscription.view()` keeps them as a dict by key."""
         if self._closed or self._task is None:
             raise ClientClosed("use `async with BridgeClient(...)` (or start()) first")
         if self._fatal is not None:
             raise self._fatal
         _validate(topic, filter, since)
+        if snapshot is not False and since is not None:
+            raise InvalidSubscription("snapshot and since exclude each other")
+        if not isinstance(snapshot, bool) and (not isinstance(snapshot, int) or snapshot < 1):
+            raise InvalidSubscription("snapshot is True, False or a positive row limit")
         if topic in self._subs:
             raise DuplicateSubscription(f"already subscribed to {topic!r}; close that one first")
         if len(self._subs) >= self.options.max_subscriptions:
@@ -217,6 +226,7 @@ class BridgeClient:
             queue_size=self.options.queue_size,
             clock_skew=self.options.clock_skew,
             presence=presence,
+            snapshot=snapshot,
         )
         self._subs[topic] = sub
         if self.transport == "sse":

@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import msgspec
-from bridge_common.events import ErrorMessage, Event, Subscribed, decode_server_message
+from bridge_common.events import (
+    ErrorMessage,
+    Event,
+    SnapshotFrame,
+    Subscribed,
+    decode_server_message,
+)
 from httpx_sse import SSEError, aconnect_sse
 
 from .backoff import ReconnectSchedule
@@ -80,11 +86,14 @@ class SSEStream:
         since = sub.resume_from()
         sub._mark_requested()
         sub.sent_since = since
+        params = filter_params(sub.filter)
         if since is not None:
             headers["Last-Event-ID"] = since
+        elif sub.snapshot_request() is not None:
+            params = [*params, ("snapshot", "1")]
         url = client.endpoints.events(sub.topic)
         async with aconnect_sse(
-            client.http(), "GET", url, params=filter_params(sub.filter), headers=headers
+            client.http(), "GET", url, params=params, headers=headers
         ) as source:
             status = source.response.status_code
             if status == 403:
@@ -138,8 +147,13 @@ class SSEStream:
                     await sub.put(msg)
             except ValueError:
                 log.warning("bridge_client.bad_event_id topic=%s id=%r", msg.topic, msg.id)
+        elif isinstance(msg, SnapshotFrame):
+            if msg.topic == sub.topic:
+                await sub.put(sub.snapshot_rows(msg))
         elif isinstance(msg, Subscribed):
-            sub.set_live(msg.recovered)
+            done = sub.subscribed(msg)
+            if done is not None:
+                await sub.put(done)
         elif isinstance(msg, ErrorMessage):
             if msg.code == "history_lost":
                 await sub.put(HistoryLost(sub.topic, sub.sent_since, msg.message))

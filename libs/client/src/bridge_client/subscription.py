@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bridge_common.events import Event
+from bridge_common.events import Event, SnapshotFrame, Subscribed
 
 from .errors import BridgeClientError, ClientClosed
 from .eventid import EventKey, parse_event_id
@@ -26,8 +28,63 @@ FilterSpec = dict[str, Any]
 _WAKE = object()
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotRows:
+    """Rows of the snapshot a subscription asked for (`snapshot=True`), before its events.
+
+    `first`: the first rows of a (re)started snapshot — drop what you hold for the topic;
+    `complete`: the snapshot is whole, every item after this one is an event;
+    `truncated`: the limit cut the rows (only on the complete item).
+    """
+
+    topic: str
+    rows: list[dict[str, Any]]
+    keys: list[str]
+    first: bool
+    complete: bool
+    truncated: bool = False
+
+
+Item = Event | SnapshotRows
+
+
+@dataclass(slots=True)
+class View:
+    """The rows of a topic by event key, kept true by a subscription's rows and events:
+    `insert`/`update` set the row, `delete`/`leave` drop it, `truncate` empties the view.
+    """
+
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the snapshot was read whole (events apply on top of it from then on)
+    complete: bool = False
+    truncated: bool = False
+
+    def apply(self, item: Item) -> None:
+        if isinstance(item, SnapshotRows):
+            if item.first:
+                self.rows.clear()
+                self.complete = False
+            self.rows.update(zip(item.keys, item.rows, strict=False))
+            if item.complete:
+                self.complete = True
+                self.truncated = item.truncated
+            return
+        op = item.op
+        if op in ("insert", "update"):
+            if item.data is not None:
+                self.rows[item.key] = item.data
+            else:
+                # too large to travel: its key is known, its values are not
+                self.rows.pop(item.key, None)
+        elif op in ("delete", "leave"):
+            self.rows.pop(item.key, None)
+        elif op == "truncate":
+            self.rows.clear()
+
+
 class Subscription:
-    """Async iterator of `bridge_common.events.Event` for one topic.
+    """Async iterator of `bridge_common.events.Event` for one topic (after
+    `SnapshotRows` items when it was asked for a snapshot).
 
     Use it as ``async for event in client.subscribe(...)`` or as an async context
     manager that unsubscribes on exit. Raises `HistoryLost` (then keeps going),
@@ -45,10 +102,16 @@ class Subscription:
         queue_size: int,
         clock_skew: float,
         presence: bool = False,
+        snapshot: bool | int = False,
     ) -> None:
         self.topic = topic
         #: who else is subscribed to the topic (WebSocket only), when asked for
         self.presence: PresenceList | None = PresenceList(topic) if presence else None
+        #: rows first: True (up to the gateway's limit) or a row limit; False: events only
+        self.snapshot = snapshot
+        self._snapshot_done = False
+        self._snapshot_frames = 0
+        self._snapshot_truncated = False
         self.filter = dict(filter) if filter else None
         self.since = since
         #: id of the last event handed to the caller's queue
@@ -83,7 +146,7 @@ class Subscription:
     def __aiter__(self) -> Subscription:
         return self
 
-    async def __anext__(self) -> Event:
+    async def __anext__(self) -> Item:
         while True:
             if self._closed:
                 raise StopAsyncIteration
@@ -97,8 +160,17 @@ class Subscription:
                 continue
             if isinstance(item, BridgeClientError):
                 raise item
-            assert isinstance(item, Event)
+            assert isinstance(item, Event | SnapshotRows)
             return item
+
+    async def view(self) -> AsyncIterator[View]:
+        """The subscription as a :class:`View`: yields the same view object after every
+        change once its snapshot is complete (`snapshot=True`) or from the first event."""
+        current = View(complete=not self.snapshot)
+        async for item in self:
+            current.apply(item)
+            if current.complete:
+                yield current
 
     async def __aenter__(self) -> Subscription:
         return self
@@ -143,7 +215,47 @@ class Subscription:
         """The `since` of the next subscribe request."""
         if self.last_id is not None:
             return self.last_id
+        if self.snapshot and not self._snapshot_done:
+            return None  # the snapshot starts again from scratch
         return self._anchor if self._requested else None
+
+    def snapshot_request(self) -> bool | dict[str, int] | None:
+        """The `snapshot` of the next subscribe request (None: resume or plain)."""
+        if not self.snapshot or self._snapshot_done or self.last_id is not None:
+            return None
+        self._snapshot_frames = 0
+        self._snapshot_truncated = False
+        if self.snapshot is True:
+            return True
+        return {"limit": int(self.snapshot)}
+
+    def snapshot_rows(self, frame: SnapshotFrame) -> SnapshotRows:
+        item = SnapshotRows(
+            frame.topic, frame.rows, frame.keys, self._snapshot_frames == 0, complete=False
+        )
+        self._snapshot_frames += 1
+        self._snapshot_truncated = frame.truncated
+        return item
+
+    def subscribed(self, msg: Subscribed) -> SnapshotRows | None:
+        """The gateway confirmed; after a snapshot, the item that completes its rows (the
+        position becomes the resume point)."""
+        done: SnapshotRows | None = None
+        if msg.position is not None and self.snapshot and not self._snapshot_done:
+            done = SnapshotRows(
+                msg.topic,
+                [],
+                [],
+                self._snapshot_frames == 0,
+                complete=True,
+                truncated=self._snapshot_truncated,
+            )
+            self._snapshot_done = True
+            if self.last_id is None:
+                self.last_id = msg.position
+                self._last_key = parse_event_id(msg.position)
+        self.set_live(msg.recovered)
+        return done
 
     def _mark_requested(self) -> None:
         self._requested = True
@@ -154,7 +266,7 @@ class Subscription:
         self._checked = (event.id, key)
         return self._last_key is None or key > self._last_key
 
-    def offer(self, item: Event | BridgeClientError) -> bool:
+    def offer(self, item: Item | BridgeClientError) -> bool:
         """Queue an event or an in-band error without waiting; False when the queue is full."""
         try:
             self._queue.put_nowait(item)
@@ -164,7 +276,7 @@ class Subscription:
             self._record(item)
         return True
 
-    async def put(self, item: Event | BridgeClientError) -> None:
+    async def put(self, item: Item | BridgeClientError) -> None:
         """Queue, waiting for room (backpressure for per-subscription transports)."""
         await self._queue.put(item)
         if isinstance(item, Event):

@@ -21,6 +21,7 @@ from bridge_common.events import (
     Event,
     Pong,
     Presence,
+    SnapshotFrame,
     Subscribed,
     decode_server_message,
     dumps,
@@ -58,6 +59,10 @@ def subscribe_frame(sub: Subscription) -> bytes:
     sub.sent_since = since
     if since is not None:
         msg["since"] = since
+    else:
+        snapshot = sub.snapshot_request()
+        if snapshot is not None:
+            msg["snapshot"] = snapshot
     if sub.presence is not None:
         msg["presence"] = True
     return dumps(msg)
@@ -189,10 +194,18 @@ class WebSocketSession:
                 if sub is None or not sub.active:
                     continue  # in flight before an unsubscribe
                 self._deliver(sub, msg)
+            elif isinstance(msg, SnapshotFrame):
+                sub = on_wire.get(msg.topic)
+                if sub is not None and sub.active and not sub.offer(sub.snapshot_rows(msg)):
+                    sub.held = True
+                    raise _Overflow(sub.topic)
             elif isinstance(msg, Subscribed):
                 sub = on_wire.get(msg.topic)
                 if sub is not None:
-                    sub.set_live(msg.recovered)
+                    done = sub.subscribed(msg)
+                    if done is not None and not sub.offer(done):
+                        sub.held = True
+                        raise _Overflow(sub.topic)
             elif isinstance(msg, Presence):
                 sub = on_wire.get(msg.topic)
                 if sub is not None and sub.presence is not None and sub.active:

@@ -18,7 +18,8 @@ from typing import Any, Literal
 import msgspec
 
 #: `truncate`: the whole table was emptied (key "", data {}); drop the topic's rows
-Op = Literal["insert", "update", "delete", "truncate"]
+#: `leave`: (to a filtered subscriber) the row no longer matches its filter (key, no data)
+Op = Literal["insert", "update", "delete", "truncate", "leave"]
 Severity = Literal["debug", "info", "warning", "error", "critical"]
 
 _encoder = msgspec.json.Encoder()
@@ -141,12 +142,20 @@ FilterValue = str | int | float | bool | None
 Filter = dict[str, FilterValue | list[FilterValue]]
 
 
+class SnapshotSpec(msgspec.Struct, forbid_unknown_fields=True):
+    """`"snapshot": {"limit": N}` of a subscribe (at most BRIDGE_SNAPSHOT_MAX_ROWS rows)."""
+
+    limit: int | None = None
+
+
 class Subscribe(msgspec.Struct, tag_field="type", tag="subscribe", forbid_unknown_fields=True):
     topic: str
     filter: Filter | None = None
     since: str | None = None
     #: also send `presence` frames (who else is subscribed to the topic)
     presence: bool = False
+    #: the rows matching the filter first (`snapshot` frames), then the events after them
+    snapshot: bool | SnapshotSpec | None = None
 
 
 class Unsubscribe(msgspec.Struct, tag_field="type", tag="unsubscribe", forbid_unknown_fields=True):
@@ -170,13 +179,33 @@ def decode_client_message(frame: bytes | str) -> ClientMessage:
 # -- gateway protocol (server → client) ---------------------------------------------------
 
 ErrorCode = Literal[
-    "bad_request", "forbidden", "unknown_topic", "too_many_subscriptions", "history_lost"
+    "bad_request",
+    "forbidden",
+    "unknown_topic",
+    "too_many_subscriptions",
+    "history_lost",
+    "snapshot_unavailable",
+    "snapshot_too_large",
+    "unavailable",
+    "unauthorized",
 ]
 
 
-class Subscribed(msgspec.Struct, tag_field="type", tag="subscribed"):
+class Subscribed(msgspec.Struct, tag_field="type", tag="subscribed", omit_defaults=True):
     topic: str
     recovered: bool
+    #: after a snapshot: the id to pass as `since` to continue after it
+    position: str | None = None
+
+
+class SnapshotFrame(msgspec.Struct, tag_field="type", tag="snapshot", omit_defaults=True):
+    """Rows of a snapshot, primary-key order; the last frame says whether a limit cut it."""
+
+    topic: str
+    rows: list[dict[str, Any]]
+    #: each row's event key (the `key` its events carry), in the order of `rows`
+    keys: list[str] = []
+    truncated: bool = False
 
 
 class Pong(msgspec.Struct, tag_field="type", tag="pong"):
@@ -215,7 +244,7 @@ class Presence(msgspec.Struct, tag_field="type", tag="presence", kw_only=True):
     truncated: bool = False
 
 
-ServerMessage = Event | Subscribed | Pong | ErrorMessage | Presence
+ServerMessage = Event | Subscribed | SnapshotFrame | Pong | ErrorMessage | Presence
 _server_decoder = msgspec.json.Decoder(ServerMessage)
 
 

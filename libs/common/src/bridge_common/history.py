@@ -24,8 +24,8 @@ HOUR_MS = 3_600_000
 #: the events of one topic after a position, oldest first, in the columns `fragment` reads
 READ_AFTER = (
     "SELECT ms, n, op, key, payload::text, size, "
-    """to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), traceparent """
-    "FROM bridge.history "
+    """to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), traceparent, """
+    "txid::text, prior::text FROM bridge.history "
     "WHERE topic = %(topic)s AND (ms, n) > (%(ms)s, %(n)s) "
     # the bound on `ms` alone lets the planner skip the partitions before it
     "AND ms >= %(ms)s ORDER BY ms, n LIMIT %(limit)s"
@@ -54,9 +54,22 @@ def next_position(last: Position, now_ms: int) -> Position:
     return last[0], last[1] + 1
 
 
-def fragment(row: Sequence[Any]) -> tuple[Position, bytes]:
-    """A `READ_AFTER` row → (its position, the fragment that was published)."""
-    ms, n, op, key, payload, size, ts, traceparent = row
+def event_meta(txid: str | None, prior: str | None) -> bytes:
+    """What travels beside an event for the gateway only, never to clients: the writing
+    transaction (`x`, decides the snapshot cut-over) and the old values an update changed
+    (`o`, decides leave frames). Empty when there is neither (events of older relays)."""
+    if txid is None:
+        return b""
+    if prior is None:
+        return b'{"x":' + txid.encode() + b"}"
+    return b'{"x":' + txid.encode() + b',"o":' + prior.encode() + b"}"
+
+
+def fragment(row: Sequence[Any]) -> tuple[Position, bytes, bytes]:
+    """A `READ_AFTER` row → (its position, the fragment that was published, its meta)."""
+    ms, n, op, key, payload, size, ts, traceparent, txid, prior = row
     if payload is None:
-        return (ms, n), event_fragment_too_large(op, key, size or 0, ts, traceparent)
-    return (ms, n), event_fragment_raw(op, key, payload, ts, traceparent)
+        # a row too large to publish is not filtered: its old values are of no use either
+        frag = event_fragment_too_large(op, key, size or 0, ts, traceparent)
+        return (ms, n), frag, event_meta(txid, None)
+    return (ms, n), event_fragment_raw(op, key, payload, ts, traceparent), event_meta(txid, prior)

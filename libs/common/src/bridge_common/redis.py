@@ -185,7 +185,9 @@ return out
 # ARGV: prefix, maxlen, use_spublish ("1"/"0"), prev (the id the relay last published on
 # this topic, "0-0" for none), the ids (space-separated, increasing), the byte length of
 # each fragment (space-separated), and the fragments concatenated — three arguments for a
-# whole batch instead of two per event (packing thousands of arguments is what costs).
+# whole batch instead of two per event (packing thousands of arguments is what costs);
+# optionally the byte length of each event's meta and the metas concatenated (field `m` of
+# the entry; on the live channel after a newline that no event's JSON contains).
 # Returns {lost (1/0), appended}: an id not above the stream's last id is a re-publish and
 # skipped; `lost` means the stream was missing or ended below `prev` (Redis lost data).
 _RELAY_LUA = """
@@ -217,17 +219,28 @@ local top_id = nil
 local blob = ARGV[7]
 local pos = 1
 local sizes = string.gmatch(ARGV[6], '%d+')
+local mblob = ARGV[9] or ''
+local mpos = 1
+local msizes = string.gmatch(ARGV[8] or '', '%d+')
 for id in string.gmatch(ARGV[5], '%S+') do
   local size = tonumber(sizes())
+  local msize = tonumber(msizes() or '0')
   local ms, n = parse(id)
   if below(top_ms, top_n, ms, n) then
     local frag = string.sub(blob, pos, pos + size - 1)
-    redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], id, 'f', frag)
-    redis.call(pub, KEYS[2], ARGV[1] .. id .. frag)
+    if msize > 0 then
+      local meta = string.sub(mblob, mpos, mpos + msize - 1)
+      redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], id, 'f', frag, 'm', meta)
+      redis.call(pub, KEYS[2], ARGV[1] .. id .. frag .. '\\n' .. meta)
+    else
+      redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], id, 'f', frag)
+      redis.call(pub, KEYS[2], ARGV[1] .. id .. frag)
+    end
     top_ms, top_n, top_id = ms, n, id
     added = added + 1
   end
   pos = pos + size
+  mpos = mpos + msize
 end
 if lost and top_id then
   local info = redis.call('XINFO', 'STREAM', key)
@@ -269,9 +282,14 @@ class RelayPublisher:
         self._known_topics.clear()
 
     async def publish(
-        self, topic: str, prev: str, items: Sequence[tuple[str, bytes]]
+        self,
+        topic: str,
+        prev: str,
+        items: Sequence[tuple[str, bytes]],
+        metas: Sequence[bytes] | None = None,
     ) -> tuple[bool, int]:
-        """Append `(id, fragment)` pairs (ids increasing, all above `prev`) to `topic`.
+        """Append `(id, fragment)` pairs (ids increasing, all above `prev`) to `topic`,
+        each with its gateway-only meta from `metas` (see `bridge_common.history`).
 
         `prev` is the last id this publisher put on the topic before. Returns (Redis lost
         data on this topic, events appended); ids Redis already holds are skipped.
@@ -291,6 +309,8 @@ class RelayPublisher:
             " ".join([str(len(f)) for _, f in items]),
             b"".join([f for _, f in items]),
         ]
+        if metas:
+            argv += [" ".join([str(len(m)) for m in metas]), b"".join(metas)]
         sha = self._sha or await self._load()
         try:
             result = await self.client.evalsha(sha, len(keys), *keys, *argv)

@@ -12,6 +12,7 @@ from .app import build_app
 from .archive import open_archive
 from .gateway import Gateway
 from .settings import Settings
+from .snapshot import open_snapshots
 from .streaming import http_limits, streaming_protocol
 from .workers import Supervisor, reuse_port_socket, watch_supervisor
 from .ws_protocol import GatewayWebSocketProtocol
@@ -49,8 +50,13 @@ def main(argv: list[str] | None = None) -> None:
                 max_size=settings.history_pool,
                 batch=settings.replay_batch,
             ) as archive,
+            open_snapshots(
+                settings.snapshot_dsn,
+                concurrency=settings.snapshot_concurrency,
+                statement_timeout=settings.snapshot_timeout,
+            ) as snapshots,
         ):
-            gateway = Gateway(settings, redis, live, archive)
+            gateway = Gateway(settings, redis, live, archive, snapshots)
             app = build_app(gateway)
             svc = Service(
                 settings,

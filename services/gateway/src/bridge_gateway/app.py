@@ -1,4 +1,4 @@
-"""The gateway's HTTP surface: WebSocket and SSE routes, the browser client, health."""
+"""The gateway's HTTP surface: WebSocket and SSE routes, snapshots, the browser client, health."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from .gateway import Gateway
 from .presence_http import presence_topic
+from .snapshot_http import snapshot_topic
 from .sse import events_audit_logs, events_intent, events_topic
 from .websocket import websocket_endpoint
 
@@ -48,6 +49,7 @@ def build_app(gateway: Gateway, extra_routes: list[BaseRoute] | None = None) -> 
         Route("/events/intents/{intent_id}", events_intent, methods=["GET"]),
         Route("/events/{topic}", events_topic, methods=["GET"]),
         Route("/presence/{topic}", presence_topic, methods=["GET"]),
+        Route("/snapshot/{topic}", snapshot_topic, methods=["GET"]),
         Route("/client.js", client_js, methods=["GET"]),
         *(extra_routes or []),
     ]

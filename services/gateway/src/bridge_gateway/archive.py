@@ -30,8 +30,8 @@ APPLICATION_NAME = "bridge-gateway-history"
 #: how long an unreachable history database is answered for without trying again (s)
 _DOWN_FOR = 5.0
 
-#: (event id, id bytes, fragment)
-Row = tuple[EventId, bytes, bytes]
+#: (event id, id bytes, fragment, gateway-only meta)
+Row = tuple[EventId, bytes, bytes, bytes]
 
 _TOPIC_FLOOR = (
     "SELECT t.first_ms, h.complete_from_ms FROM bridge.history_horizon h "
@@ -86,6 +86,16 @@ class Archive:
             log.warning("archive.topic_lookup_failed", topic=topic, error=str(exc).strip()[:200])
             return False
 
+    async def last_id(self, topic: str) -> EventId | None:
+        """The last id the relay assigned on `topic` (None: no event yet); raises
+        psycopg errors when the history database cannot answer."""
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT last_ms, last_n FROM bridge.history_topics WHERE topic = %s", (topic,)
+            )
+            row = await cur.fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
     async def read_after(self, topic: str, after: EventId) -> AsyncIterator[list[Row]]:
         """Yield batches of the topic's events after `after`, oldest first, up to the end
         of the history; HistoryLost when it cannot vouch for all of them."""
@@ -124,8 +134,8 @@ class Archive:
                 return
             out: list[Row] = []
             for row in rows:
-                pos, frag = fragment(row)
-                out.append((pos, format_id(pos).encode(), frag))
+                pos, frag, meta = fragment(row)
+                out.append((pos, format_id(pos).encode(), frag, meta))
             cursor = out[-1][0]
             yield out
             if len(rows) < self.batch:

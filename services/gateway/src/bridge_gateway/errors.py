@@ -38,3 +38,21 @@ class Unauthorized(GatewayError):
     """No valid token: answered with HTTP 401 before any upgrade."""
 
     code = "unauthorized"
+
+
+class SnapshotUnavailable(GatewayError):
+    """Snapshots are not enabled (`BRIDGE_SNAPSHOT_DSN` unset) or the topic is no table."""
+
+    code = "snapshot_unavailable"
+
+
+class SnapshotTooLarge(GatewayError):
+    """A snapshot limit above `BRIDGE_SNAPSHOT_MAX_ROWS`."""
+
+    code = "snapshot_too_large"
+
+
+class Unavailable(GatewayError):
+    """The gateway cannot serve this right now; retry."""
+
+    code = "unavailable"

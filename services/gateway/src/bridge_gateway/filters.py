@@ -6,7 +6,7 @@ Values compare by their JSON text, with strings taken as they are, so the query 
 A token may bind a filter to a topic (its `filters` claim, see `auth.py`); the filter a
 subscription runs with is then :func:`narrow` of the token's and the client's — the
 client may only narrow what the token allows. Such a filter is *bound*: events whose row
-cannot be checked (`too_large`) are withheld from it, see `hub._admits`.
+cannot be checked (`too_large`) are withheld from it, see `views.admits`.
 """
 
 from __future__ import annotations

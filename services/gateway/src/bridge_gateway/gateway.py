@@ -30,6 +30,7 @@ from .history import REDIS_CONCURRENCY, History
 from .hub import Hub
 from .presence_redis import PresenceTracker
 from .settings import Settings
+from .snapshot import Snapshots
 
 log = get_logger(__name__)
 
@@ -97,8 +98,11 @@ class Gateway:
         redis: AnyRedis,
         pubsub_redis: AnyRedis,
         archive: Archive | None = None,
+        snapshots: Snapshots | None = None,
     ) -> None:
         self.settings = settings
+        #: None unless BRIDGE_SNAPSHOT_DSN is set
+        self.snapshots = snapshots
         self.channels = Channels(settings.namespace)
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         previous = (

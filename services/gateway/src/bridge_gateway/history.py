@@ -40,8 +40,8 @@ _BEHIND_PAUSE = 0.2
 #: Redis commands the gateway's sessions run at once (the client pool holds 100)
 REDIS_CONCURRENCY = 32
 
-#: (event id, id bytes, event wire form)
-Entry = tuple[EventId, bytes, bytes]
+#: (event id, id bytes, event wire form, gateway-only meta — see views.py)
+Entry = tuple[EventId, bytes, bytes, bytes]
 
 
 class _Gap(Exception):
@@ -115,8 +115,8 @@ class History:
             from_archive = True
             async for rows in self.archive.read_after(topic, cursor):
                 out = [
-                    (pos, id_bytes, assemble_event(topic, id_bytes, frag))
-                    for pos, id_bytes, frag in rows
+                    (pos, id_bytes, assemble_event(topic, id_bytes, frag), meta)
+                    for pos, id_bytes, frag, meta in rows
                 ]
                 cursor = out[-1][0]
                 metrics.FROM_HISTORY_DB.inc(len(out))
@@ -163,7 +163,14 @@ class History:
                 frag = fields.get(b"f")
                 if frag is None:
                     continue
-                out.append((parse_id(entry_id), entry_id, assemble_event(topic, entry_id, frag)))
+                out.append(
+                    (
+                        parse_id(entry_id),
+                        entry_id,
+                        assemble_event(topic, entry_id, frag),
+                        fields.get(b"m", b""),
+                    )
+                )
             cursor = parse_id(entries[-1][0])
             if out:
                 yield out

@@ -10,7 +10,13 @@ No gap when Redis drops: the hub reconnects with backoff and re-subscribes; whil
 is re-synchronising, live messages are buffered, the history is read from the last
 delivered id (the stream, else the PostgreSQL history when Redis lost data — see
 `history.py`), and then the buffer is flushed skipping ids already delivered — connected
-clients see every event once, in order.
+clients see every event once, in order. A subscription that replayed on its own (resume,
+snapshot) goes live at the last id it replayed and drops what the feed, reading Redis a
+little behind, dispatches at or below it.
+
+Snapshot subscriptions drop every event whose transaction their snapshot shows, and a
+filtered group gets a `leave` frame for an update that took a row out of its filter
+(`views.py`).
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ import contextlib
 import time
 from typing import Any
 
-import msgspec
 from bridge_common import tracing
 from bridge_common.channels import Channels
 from bridge_common.db import Backoff
@@ -35,6 +40,17 @@ from .errors import BadRequest, HistoryLost
 from .event_ids import EventId, parse_id
 from .filters import FilterKey, RowFilter
 from .history import History
+from .views import (
+    Cutover,
+    Meta,
+    RowPart,
+    admits,
+    decode_meta,
+    decode_row,
+    leave_frame,
+    leaves,
+    split_live,
+)
 
 log = get_logger(__name__)
 
@@ -42,54 +58,28 @@ log = get_logger(__name__)
 SYNC_BUFFER = 10_000
 
 
-class _RowOnly(msgspec.Struct):
-    op: str = ""
-    data: dict[str, Any] = {}
-    too_large: bool = False
-
-
-_row_decoder = msgspec.json.Decoder(_RowOnly)
-
-
-def _decode(raw: bytes) -> _RowOnly:
-    try:
-        return _row_decoder.decode(raw)
-    except msgspec.MsgspecError:
-        return _RowOnly()
-
-
-def _admits(row_filter: RowFilter, decoded: _RowOnly) -> bool:
-    # a `truncate` concerns every row, and an event without its row (larger than the
-    # notifier's BRIDGE_MAX_EVENT_BYTES) cannot be filtered: a client's own filter lets it
-    # through (told, never left with a silent gap), but a token-bound filter withholds it
-    # — its key may be another tenant's row, and row-level access must not leak it
-    if decoded.op == "truncate":
-        return True
-    if decoded.too_large:
-        return not row_filter.bound
-    return row_filter.matches(decoded.data)
-
-
 def passes(row_filter: RowFilter, raw: bytes) -> bool:
-    """Whether an event goes to a filtered subscriber."""
-    return _admits(row_filter, _decode(raw))
+    """Whether an event goes to a filtered subscriber (`views.admits`)."""
+    return admits(row_filter, decode_row(raw))
 
 
 class Subscription:
     """One client's subscription to one topic (with an optional filter).
 
     Until it is live (`pending` is not None) events from the feed are held back, so the
-    resume logic can replay history first and then release only newer ones.
+    resume logic can replay history first and then release only newer ones. With a
+    snapshot, `cutover` drops every event whose transaction the snapshot already shows.
     """
 
-    __slots__ = ("client", "topic", "filter", "pending", "task", "floor")
+    __slots__ = ("client", "topic", "filter", "pending", "task", "cutover", "floor")
 
     def __init__(self, client: Client, topic: str, row_filter: RowFilter | None) -> None:
         self.client = client
         self.topic = topic
         self.filter = row_filter
-        self.pending: list[Delivery] | None = []
+        self.pending: list[tuple[Delivery, int | None]] | None = []
         self.task: asyncio.Task[None] | None = None
+        self.cutover: Cutover | None = None
         #: the replay reached this id: the feed may still dispatch older events it had not
         #: read from Redis yet — dropped until the first newer one (then ids only grow)
         self.floor: EventId | None = None
@@ -98,25 +88,30 @@ class Subscription:
     def filter_key(self) -> FilterKey | None:
         return None if self.filter is None else self.filter.key
 
-    def deliver(self, d: Delivery) -> None:
+    def deliver(self, d: Delivery, txid: int | None = None) -> None:
         if self.pending is None:
             if self.floor is not None:
                 if parse_id(d.event_id) <= self.floor:
                     return  # replayed already
                 self.floor = None
-            self.client.deliver(d)
+            if self.cutover is None or self.cutover.after(txid):
+                self.client.deliver(d)
         elif len(self.pending) >= self.client.limits.max_messages:
             metrics.SLOW_DROPPED.inc()
             self.client.cut(TRY_AGAIN_LATER, SLOW_REASON, reason_label="slow")
         else:
-            self.pending.append(d)
+            self.pending.append((d, txid))
 
     def go_live(self, after: EventId | None) -> None:
-        """Release held-back events newer than `after` and deliver directly from now on."""
+        """Release held-back events newer than `after` (and after the snapshot, if any)
+        and deliver directly from now on."""
         pending, self.pending = self.pending or [], None
         self.floor = after
-        for d in pending:
-            if after is None or parse_id(d.event_id) > after:
+        cutover = self.cutover
+        for d, txid in pending:
+            if (after is None or parse_id(d.event_id) > after) and (
+                cutover is None or cutover.after(txid)
+            ):
                 self.client.deliver(d)
 
 
@@ -141,7 +136,7 @@ class Feed:
         self.last_id: EventId | None = None
         self.live = False
         self.ready = asyncio.Event()
-        self.buffer: list[bytes] = []
+        self.buffer: list[bytes] = []  # live messages (event + meta)
         self.overflow = False
         self.sync_task: asyncio.Task[None] | None = None
         self.events_in = metrics.EVENTS_IN.labels(topic)
@@ -380,8 +375,8 @@ class Hub:
         assert feed.last_id is not None
         try:
             async for batch in self.history.read_after(feed.topic, feed.last_id):
-                for event_id, id_bytes, raw in batch:
-                    self._deliver(feed, raw, event_id, id_bytes, live=False)
+                for event_id, id_bytes, raw, meta in batch:
+                    self._deliver(feed, raw, event_id, id_bytes, meta, live=False)
         except HistoryLost as lost:
             log.warning("hub.history_lost", topic=feed.topic)
             metrics.HISTORY_LOST.inc()
@@ -390,7 +385,8 @@ class Hub:
             feed.last_id = await self.history.tail(feed.topic)
 
     # -- fan-out --------------------------------------------------------------------------
-    def _dispatch(self, feed: Feed, raw: bytes, *, live: bool) -> None:
+    def _dispatch(self, feed: Feed, data: bytes, *, live: bool) -> None:
+        raw, meta = split_live(data)
         start = len(feed.prefix)
         end = raw.find(b'"', start)
         if end < 0 or not raw.startswith(feed.prefix):
@@ -402,10 +398,17 @@ class Hub:
         except BadRequest:
             log.warning("hub.bad_event_id", topic=feed.topic)
             return
-        self._deliver(feed, raw, event_id, id_bytes, live=live)
+        self._deliver(feed, raw, event_id, id_bytes, meta, live=live)
 
     def _deliver(
-        self, feed: Feed, raw: bytes, event_id: EventId, id_bytes: bytes, *, live: bool
+        self,
+        feed: Feed,
+        raw: bytes,
+        event_id: EventId,
+        id_bytes: bytes,
+        meta_bytes: bytes,
+        *,
+        live: bool,
     ) -> None:
         if feed.last_id is not None and event_id <= feed.last_id:
             return  # already delivered (live and replay overlap)
@@ -414,17 +417,28 @@ class Hub:
         traced = tracing.enabled()
         started = time.time_ns() if traced else 0
         d = Delivery(feed.topic, raw, id_bytes)
-        decoded: _RowOnly | None = None
+        meta: Meta = decode_meta(meta_bytes)
+        txid = meta.x
+        decoded: RowPart | None = None
+        leave: Delivery | None = None
         n = 0
+        # decided once per filter group, encoded once per event (views.py)
         for group in feed.groups.values():
             flt = group.filter
+            frame = d
             if flt is not None:
                 if decoded is None:
-                    decoded = _decode(raw)
-                if not _admits(flt, decoded):
-                    continue
+                    decoded = decode_row(raw)
+                if not admits(flt, decoded):
+                    if not leaves(flt, decoded, meta):
+                        continue
+                    if leave is None:
+                        leave = Delivery(
+                            feed.topic, leave_frame(feed.topic, id_bytes, decoded), id_bytes
+                        )
+                    frame = leave
             for sub in group.subs:
-                sub.deliver(d)
+                sub.deliver(frame, txid)
             n += len(group.subs)
         if n:
             metrics.EVENTS_OUT.inc(n)

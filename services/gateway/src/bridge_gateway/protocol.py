@@ -7,8 +7,8 @@ from bridge_common.events import ErrorCode, ErrorMessage, Pong, Subscribed, dump
 PONG = dumps(Pong())
 
 
-def encode_subscribed(topic: str, recovered: bool) -> bytes:
-    return dumps(Subscribed(topic=topic, recovered=recovered))
+def encode_subscribed(topic: str, recovered: bool, position: str | None = None) -> bytes:
+    return dumps(Subscribed(topic=topic, recovered=recovered, position=position))
 
 
 def encode_error(code: str, message: str, topic: str | None = None) -> bytes:
@@ -16,4 +16,14 @@ def encode_error(code: str, message: str, topic: str | None = None) -> bytes:
     return dumps(ErrorMessage(code=known, message=message, topic=topic))
 
 
-_CODES = {"bad_request", "forbidden", "unknown_topic", "too_many_subscriptions", "history_lost"}
+_CODES = {
+    "bad_request",
+    "forbidden",
+    "unknown_topic",
+    "too_many_subscriptions",
+    "history_lost",
+    "snapshot_unavailable",
+    "snapshot_too_large",
+    "unavailable",
+    "unauthorized",
+}

@@ -80,6 +80,20 @@ class Settings(JwtSettings):
     history_pool: int = Field(
         default=4, ge=1, le=64, validation_alias="BRIDGE_GATEWAY_HISTORY_POOL"
     )
+    #: where snapshots are read (the source database or a replica); unset: no snapshots
+    snapshot_dsn: str | None = Field(default=None, validation_alias="BRIDGE_SNAPSHOT_DSN")
+    #: rows one snapshot may return (also the largest `limit` a client may ask for)
+    snapshot_max_rows: int = Field(
+        default=10_000, ge=1, le=1_000_000, validation_alias="BRIDGE_SNAPSHOT_MAX_ROWS"
+    )
+    #: snapshots read at once by this gateway (each holds one database connection)
+    snapshot_concurrency: int = Field(
+        default=4, ge=1, le=64, validation_alias="BRIDGE_GATEWAY_SNAPSHOT_CONCURRENCY"
+    )
+    #: statement timeout of every snapshot query (seconds)
+    snapshot_timeout: float = Field(
+        default=10.0, gt=0, le=600, validation_alias="BRIDGE_GATEWAY_SNAPSHOT_TIMEOUT"
+    )
     #: first delay before reconnecting to Redis (doubles up to 5 s)
     redis_retry: float = Field(
         default=0.1, gt=0, le=60, validation_alias="BRIDGE_GATEWAY_REDIS_RETRY"
@@ -97,6 +111,15 @@ class Settings(JwtSettings):
     #: processes serving the port (SO_REUSEPORT), each a whole gateway with its own Redis
     #: subscriber and heartbeat: a number, or `auto` for one per CPU core available
     workers: int = Field(default=1, ge=1, le=256, validation_alias="BRIDGE_GATEWAY_WORKERS")
+
+    @field_validator("snapshot_dsn", mode="before")
+    @classmethod
+    def _blank_snapshot_dsn(cls, v: object) -> object:
+        if isinstance(v, str) and not v.strip():
+            return None
+        if isinstance(v, str) and not v.startswith(("postgres://", "postgresql://", "host=")):
+            raise ValueError("a PostgreSQL URL (postgresql://…) or key=value conninfo")
+        return v
 
     @field_validator("workers", mode="before")
     @classmethod

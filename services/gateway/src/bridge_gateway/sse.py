@@ -1,7 +1,8 @@
 """Server-Sent Events: `/events/{topic}` and the original service's aliases.
 
 Frames: `id: <event id>` / `event: <topic>` / `data: <event JSON>`; `event: subscribed`
-when the stream is live (after any replay); `event: error` (data = the error JSON, no
+when the stream is live (after any replay); with `?snapshot=1` first `event: snapshot`
+frames (no id) with the rows; `event: error` (data = the error JSON, no
 id) for `history_lost`; a `: ping` comment every `BRIDGE_GATEWAY_SSE_HEARTBEAT` seconds.
 """
 
@@ -22,7 +23,13 @@ from . import metrics
 from .access import admit
 from .auth import Principal, token_from
 from .clients import Client
-from .errors import BadRequest, GatewayError, Unauthorized, UnknownTopic
+from .errors import (
+    BadRequest,
+    GatewayError,
+    SnapshotUnavailable,
+    Unauthorized,
+    UnknownTopic,
+)
 from .event_ids import EventId, parse_id
 from .filters import RowFilter
 from .sessions import Session
@@ -34,7 +41,7 @@ if TYPE_CHECKING:
     from .gateway import Gateway
 
 #: query parameters that are not row filters
-RESERVED = frozenset({"token", "last_event_id", "close_after"})
+RESERVED = frozenset({"token", "last_event_id", "close_after", "snapshot"})
 MAX_CLOSE_AFTER = 1_000_000
 
 _STATUS = {
@@ -44,6 +51,8 @@ _STATUS = {
     "unknown_topic": 404,
     "too_many_subscriptions": 429,
     "unavailable": 503,
+    "snapshot_unavailable": 501,
+    "snapshot_too_large": 413,
 }
 
 
@@ -98,6 +107,12 @@ async def _open(request: Request, topic: str, fixed: dict[str, Any]) -> Response
         raw_since = request.headers.get("last-event-id") or params.get("last_event_id") or None
         since = parse_id(raw_since) if raw_since is not None else None
         close_after = _close_after(params.get("close_after"))
+        # a reconnecting EventSource repeats the URL with Last-Event-ID: it resumes its view
+        snapshot = since is None and _flag(params.get("snapshot"))
+        if snapshot and gw.snapshots is None:
+            raise SnapshotUnavailable(
+                "snapshots are not enabled on this gateway (BRIDGE_SNAPSHOT_DSN)", topic=topic
+            )
         if topic != ALERTS_TOPIC and not await gw.topics.exists(topic):
             raise UnknownTopic(f"no such topic {topic!r}", topic=topic)
     except GatewayError as err:
@@ -107,7 +122,19 @@ async def _open(request: Request, topic: str, fixed: dict[str, Any]) -> Response
         # a browser on another origin sees a retryable 503 rather than a network error
         return _error("unavailable", "Redis does not answer; retry", topic, headers=cors)
     headers = {"cache-control": "no-cache", "x-accel-buffering": "no", **cors}
-    return EventStream(gw, principal, topic, row_filter, since, close_after, headers)
+    stream = EventStream(gw, principal, topic, row_filter, since, close_after, headers)
+    stream.snapshot = snapshot
+    return stream
+
+
+def _flag(raw: str | None) -> bool:
+    if raw is None:
+        return False
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    if raw.lower() in ("", "0", "false", "no"):
+        return False
+    raise BadRequest("snapshot must be 1 or 0")
 
 
 def _close_after(raw: str | None) -> int | None:
@@ -146,6 +173,8 @@ class EventStream(Response):
         self.row_filter = row_filter
         self.since = since
         self.close_after = close_after
+        #: rows first (`event: snapshot` frames), then the events after them
+        self.snapshot = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         out = scope.get("extensions", {}).get(EXTENSION)
@@ -153,6 +182,12 @@ class EventStream(Response):
             await self._write_through(out, receive, send)
         else:
             await self._buffered(receive, send)
+
+    def _subscribe(self, session: Session) -> None:
+        """Open the subscription with the filter `access.admit` gave (token ∧ query), the
+        rows first when `?snapshot=1` asked for them; raises GatewayError."""
+        limit = session.snapshot_limit(self.topic, True if self.snapshot else None, None)
+        session.open(self.topic, self.row_filter, self.since, snapshot_limit=limit)
 
     async def _write_through(self, out: StreamOut, receive: Receive, send: Send) -> None:
         """The gateway's own server: the fan-out writes each event straight to the socket;
@@ -179,7 +214,7 @@ class EventStream(Response):
             )
             if not client.closing:
                 try:
-                    session.open(self.topic, self.row_filter, self.since)
+                    self._subscribe(session)
                 except GatewayError as err:
                     client.send_error(err)
                     client.close(1000, err.message, flush=True)
@@ -224,7 +259,7 @@ class EventStream(Response):
         watcher = asyncio.create_task(_watch_disconnect(receive, client))
         try:
             try:
-                session.open(self.topic, self.row_filter, self.since)
+                self._subscribe(session)
             except GatewayError as err:
                 client.send_error(err)
                 client.close(1000, err.message, flush=True)

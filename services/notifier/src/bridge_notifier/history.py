@@ -106,7 +106,7 @@ class HistoryStore:
 
     async def read_after(
         self, topic: str, after: Position, limit: int
-    ) -> list[tuple[Position, bytes]]:
+    ) -> list[tuple[Position, bytes, bytes]]:
         cur = await self.conn.execute(
             READ_AFTER.encode(), {"topic": topic, "ms": after[0], "n": after[1], "limit": limit}
         )

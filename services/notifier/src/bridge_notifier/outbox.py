@@ -35,6 +35,8 @@ class OutboxRow:
     ts: str  # ISO 8601, UTC
     traceparent: str | None  # set by the writing transaction (`bridge.traceparent`)
     committed: float  # `ts` as seconds since the epoch (commit → publish lag)
+    txid: str | None = None  # the writing transaction (xid8 as text)
+    prior: str | None = None  # an update's old values of the columns it changed (JSON)
 
 
 @dataclass(slots=True)
@@ -89,7 +91,7 @@ class Outbox:
             "WITH pruned AS (DELETE FROM bridge.outbox WHERE seq = ANY(%(prune)s::bigint[])) "
             "SELECT seq, topic, op, key, payload::text, "
             "to_char(({ts}) AT TIME ZONE 'UTC', {iso}), traceparent, "
-            "extract(epoch FROM {ts})::float8 FROM bridge.outbox "
+            "extract(epoch FROM {ts})::float8, txid::text, prior::text FROM bridge.outbox "
             "WHERE seq NOT IN (SELECT unnest(%(skip)s::bigint[])) "
             "ORDER BY seq LIMIT %(limit)s"
         ).format(ts=sql.SQL(ts), iso=sql.SQL(_ISO))
@@ -102,10 +104,12 @@ class Outbox:
             "moved AS (DELETE FROM bridge.outbox o USING x WHERE o.seq = x.seq "
             "RETURNING o.topic, x.ms, x.n, o.op, o.key, "
             "CASE WHEN x.big IS NULL THEN o.payload END AS payload, x.big AS size, "
-            "{ts_o} AS ts, o.traceparent), "
+            "{ts_o} AS ts, o.traceparent, o.txid, "
+            "CASE WHEN x.big IS NULL THEN o.prior END AS prior), "
             "kept AS (INSERT INTO bridge.history "
-            "(topic, ms, n, op, key, payload, size, ts, traceparent) "
-            "SELECT topic, ms, n, op, key, payload, size, ts, traceparent FROM moved "
+            "(topic, ms, n, op, key, payload, size, ts, traceparent, txid, prior) "
+            "SELECT topic, ms, n, op, key, payload, size, ts, traceparent, txid, prior "
+            "FROM moved "
             "WHERE ms IS NOT NULL), "
             "state AS (INSERT INTO bridge.history_topics AS h "
             "(topic, last_ms, last_n, pub_ms, pub_n, first_ms) "
@@ -115,7 +119,7 @@ class Outbox:
             "last_n = EXCLUDED.last_n, pub_ms = EXCLUDED.pub_ms, pub_n = EXCLUDED.pub_n) "
             "SELECT seq, topic, op, key, payload::text, "
             "to_char(({ts}) AT TIME ZONE 'UTC', {iso}), traceparent, "
-            "extract(epoch FROM {ts})::float8 FROM bridge.outbox "
+            "extract(epoch FROM {ts})::float8, txid::text, prior::text FROM bridge.outbox "
             "WHERE seq NOT IN (SELECT unnest(%(seq)b::bigint[])) "
             "ORDER BY seq LIMIT %(limit)s"
         ).format(

@@ -32,7 +32,7 @@ from bridge_common import tracing
 from bridge_common.channels import OUTBOX_NOTIFY_CHANNEL, Channels, InvalidTopic, check_topic
 from bridge_common.db import Backoff, connect_with_backoff, keepalive_conninfo
 from bridge_common.events import event_fragment_raw, event_fragment_too_large
-from bridge_common.history import Position, format_position, parse_position
+from bridge_common.history import Position, event_meta, format_position, parse_position
 from bridge_common.logging import get_logger
 from bridge_common.redis import AnyRedis, RelayPublisher
 from psycopg import sql
@@ -85,12 +85,16 @@ async def _pause(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-def _chunks(items: list[tuple[str, bytes]], max_bytes: int) -> Iterator[list[tuple[str, bytes]]]:
+#: (event id, fragment, gateway-only meta)
+Item = tuple[str, bytes, bytes]
+
+
+def _chunks(items: list[Item], max_bytes: int) -> Iterator[list[Item]]:
     """Split a topic's events so one script call carries at most `max_bytes` (≥ 1 event)."""
-    chunk: list[tuple[str, bytes]] = []
+    chunk: list[Item] = []
     size = 0
     for item in items:
-        n = len(item[1]) + 24
+        n = len(item[1]) + len(item[2]) + 28
         if chunk and size + n > max_bytes:
             yield chunk
             chunk, size = [], 0
@@ -107,7 +111,7 @@ class _Batch:
 
     def __init__(self) -> None:
         self.moves = Moves()
-        self.by_topic: dict[str, list[tuple[str, bytes]]] = {}
+        self.by_topic: dict[str, list[Item]] = {}
         self.max_ms = 0
         #: per topic, each event's commit time (s since the epoch): the commit → publish lag
         self.committed: dict[str, list[float]] = {}
@@ -317,7 +321,9 @@ class Relay:
                 traceparents.append(tp)
             if size is None:
                 frag = event_fragment_raw(r.op, r.key, payload, r.ts, tp)
+                meta = event_meta(r.txid, r.prior)
             else:
+                meta = event_meta(r.txid, None)
                 self.metrics.too_large.inc()
                 log.warning("outbox.row_too_large", topic=topic, key=r.key[:200], bytes=size)
                 frag = event_fragment_too_large(r.op, r.key, size, r.ts, tp)
@@ -325,7 +331,7 @@ class Relay:
             if items is None:
                 items = by_topic[topic] = []
                 committed[topic] = []
-            items.append((f"{pos[0]}-{pos[1]}", frag))
+            items.append((f"{pos[0]}-{pos[1]}", frag, meta))
             committed[topic].append(r.committed)
         batch.max_ms = max((m for m in mss if m is not None), default=0)
         return batch
@@ -360,7 +366,7 @@ class Relay:
                     log.error("history.shorter_than_state", topic=topic)
                     self.ids.published(topic, st.last)
                     break
-                items = [(format_position(pos), frag) for pos, frag in rows]
+                items = [(format_position(pos), frag, meta) for pos, frag, meta in rows]
                 await self._publish({topic: items})
                 total += len(items)
         await store.save_published(self.ids, self.ids.dirty())
@@ -386,13 +392,15 @@ class Relay:
             await self._publish(batch.by_topic)
         self.metrics.observe_commit_lag(batch.committed, time.time())
 
-    async def _publish(self, by_topic: dict[str, list[tuple[str, bytes]]]) -> None:
+    async def _publish(self, by_topic: dict[str, list[Item]]) -> None:
         """Publish each topic's events in id order; advance the published marks."""
         for topic, items in by_topic.items():
             for chunk in _chunks(items, self.settings.max_publish_bytes):
                 prev = format_position(self.ids.topics[topic].pub)
                 try:
-                    lost, added = await self.publisher.publish(topic, prev, chunk)
+                    lost, added = await self.publisher.publish(
+                        topic, prev, [(i, f) for i, f, _ in chunk], [m for _, _, m in chunk]
+                    )
                 except REDIS_DOWN as exc:
                     raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from exc
                 self.ids.published(topic, parse_position(chunk[-1][0]))

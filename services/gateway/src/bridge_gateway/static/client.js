@@ -27,6 +27,15 @@
 // ({joins, leaves, full, connections, subs, truncated}); a `full` one replaces the list (the
 // first frame, and after every reconnect). `await client.presence(topic)` reads it over HTTP
 // ({topic, present, connections, subs, truncated}) whatever the transport.
+//
+// A filtered subscriber gets op "leave" (key, no data) when an update takes a row out of
+// its filter.
+//
+// Snapshot then stream: subscribe(topic, { snapshot: true | { limit }, onSnapshot }) first
+// hands onSnapshot({rows, keys, first, complete, truncated}) the rows matching the filter
+// (first: drop what you hold; complete: every later callback is an event), then onEvent
+// every change after them exactly once. `new BridgeView(client, topic, { filter, onChange })`
+// keeps them as a Map by key (view.rows) and calls onChange(view, event) after each change.
 
 export class BridgeClientError extends Error {
   constructor(code, message, topic = null) {
@@ -92,10 +101,25 @@ class Subscription {
   constructor(
     client,
     topic,
-    { filter = null, since = null, onEvent, onError, onLive, presence = false, onPresence } = {},
+    {
+      filter = null,
+      since = null,
+      snapshot = false,
+      onEvent,
+      onError,
+      onLive,
+      onSnapshot,
+      presence = false,
+      onPresence,
+    } = {},
   ) {
     this.client = client;
     this.topic = topic;
+    this.snapshot = snapshot;
+    this._snapshotDone = false;
+    this._snapshotFrames = 0;
+    this._snapshotTruncated = false;
+    this._onSnapshot = onSnapshot || (() => {});
     this.filter = filter;
     this.since = since;
     this.lastId = since;
@@ -126,7 +150,51 @@ class Subscription {
   /** The `since` of the next subscribe request. */
   resumeFrom() {
     if (this.lastId !== null) return this.lastId;
+    if (this.snapshot && !this._snapshotDone) return null; // the snapshot starts afresh
     return this._requested ? this._anchor : null;
+  }
+
+  /** The `snapshot` of the next subscribe request (null: resume or plain). */
+  _snapshotRequest() {
+    if (!this.snapshot || this._snapshotDone || this.lastId !== null) return null;
+    this._snapshotFrames = 0;
+    this._snapshotTruncated = false;
+    return this.snapshot === true ? true : { limit: this.snapshot.limit };
+  }
+
+  _snapshotPart(part) {
+    try {
+      this._onSnapshot(part);
+    } catch (err) {
+      console.error("bridge client: onSnapshot threw", err);
+    }
+  }
+
+  _snapshotFrame(msg) {
+    const first = this._snapshotFrames === 0;
+    this._snapshotFrames += 1;
+    this._snapshotTruncated = !!msg.truncated;
+    this._snapshotPart({
+      rows: msg.rows || [], keys: msg.keys || [], first, complete: false, truncated: false,
+    });
+  }
+
+  _subscribed(msg) {
+    if (msg.position && this.snapshot && !this._snapshotDone) {
+      this._snapshotDone = true;
+      if (this.lastId === null) {
+        this.lastId = msg.position;
+        this._lastKey = parseEventId(msg.position);
+      }
+      this._snapshotPart({
+        rows: [],
+        keys: [],
+        first: this._snapshotFrames === 0,
+        complete: true,
+        truncated: this._snapshotTruncated,
+      });
+    }
+    this._setLive(!!msg.recovered);
   }
 
   get active() {
@@ -256,6 +324,9 @@ export class BridgeClient {
     if (this.fatal) throw this.fatal;
     if (this._subs.has(topic)) {
       throw new BridgeClientError("bad_request", "already subscribed; close that one first", topic);
+    }
+    if (opts.snapshot && opts.since) {
+      throw new BridgeClientError("bad_request", "snapshot and since exclude each other", topic);
     }
     const sub = new Subscription(this, topic, opts);
     this._subs.set(topic, sub);
@@ -388,6 +459,10 @@ export class BridgeClient {
       sub._sentSince = since;
       sub._requested = true;
       if (since !== null) msg.since = since;
+      else {
+        const snapshot = sub._snapshotRequest();
+        if (snapshot !== null) msg.snapshot = snapshot;
+      }
       if (sub.wantsPresence) msg.presence = true;
       this._onWire.set(topic, sub);
       ws.send(JSON.stringify(msg));
@@ -492,8 +567,10 @@ export class BridgeClient {
     const sub = msg.topic !== undefined ? this._onWire.get(msg.topic) : undefined;
     if (msg.type === "event") {
       if (sub && sub.active) sub._deliver(msg);
+    } else if (msg.type === "snapshot") {
+      if (sub && sub.active) sub._snapshotFrame(msg);
     } else if (msg.type === "subscribed") {
-      if (sub) sub._setLive(!!msg.recovered);
+      if (sub) sub._subscribed(msg);
     } else if (msg.type === "presence") {
       if (sub && sub.active) sub._presence(msg);
     } else if (msg.type === "error") {
@@ -559,6 +636,7 @@ export class BridgeClient {
     sub._sentSince = since;
     sub._requested = true;
     if (since !== null) u.searchParams.set("last_event_id", since);
+    else if (sub._snapshotRequest() !== null) u.searchParams.set("snapshot", "1");
     const es = new EventSource(u);
     sub._source = es;
     let opened = false;
@@ -570,11 +648,13 @@ export class BridgeClient {
         return;
       }
       if (msg.type === "event" && msg.topic === sub.topic) sub._deliver(msg);
-      else if (msg.type === "subscribed") sub._setLive(!!msg.recovered);
+      else if (msg.type === "snapshot" && msg.topic === sub.topic) sub._snapshotFrame(msg);
+      else if (msg.type === "subscribed") sub._subscribed(msg);
     };
     es.addEventListener(sub.topic, onData);
     if (sub.topic !== "message") es.addEventListener("message", onData);
     es.addEventListener("subscribed", onData);
+    es.addEventListener("snapshot", onData);
     es.onopen = () => {
       opened = true;
       this._authFailures = 0;
@@ -612,3 +692,57 @@ export class BridgeClient {
 }
 
 export default BridgeClient;
+
+/** A topic's rows by key, kept true by a snapshot and the events after it. */
+export class BridgeView {
+  constructor(client, topic, { filter = null, limit = null, onChange, onError } = {}) {
+    this.rows = new Map();
+    this.complete = false;
+    this.truncated = false;
+    this._onChange = onChange || (() => {});
+    this.subscription = client.subscribe(topic, {
+      filter,
+      snapshot: limit ? { limit } : true,
+      onSnapshot: (part) => this._rows(part),
+      onEvent: (event) => this._event(event),
+      onError,
+    });
+  }
+
+  _rows(part) {
+    if (part.first) {
+      this.rows.clear();
+      this.complete = false;
+    }
+    part.rows.forEach((row, i) => this.rows.set(part.keys[i], row));
+    if (part.complete) {
+      this.complete = true;
+      this.truncated = !!part.truncated;
+      this._changed(null);
+    }
+  }
+
+  _event(event) {
+    if (event.op === "insert" || event.op === "update") {
+      if (event.data !== undefined) this.rows.set(event.key, event.data);
+      else this.rows.delete(event.key); // too large to travel: values unknown
+    } else if (event.op === "delete" || event.op === "leave") {
+      this.rows.delete(event.key);
+    } else if (event.op === "truncate") {
+      this.rows.clear();
+    }
+    if (this.complete) this._changed(event);
+  }
+
+  _changed(event) {
+    try {
+      this._onChange(this, event);
+    } catch (err) {
+      console.error("bridge client: onChange threw", err);
+    }
+  }
+
+  close() {
+    this.subscription.close();
+  }
+}
