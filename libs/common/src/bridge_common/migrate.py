@@ -265,9 +265,7 @@ async def _connect(dsn: str, scope: Scope) -> psycopg.AsyncConnection[Any]:
         # no server-side prepared statements: a migration runs each statement a few times
         # at most, and poolers or single-session servers (PgBouncer in transaction mode,
         # PGlite) do not keep them apart between sessions
-        return await psycopg.AsyncConnection.connect(
-            dsn, autocommit=True, prepare_threshold=None
-        )
+        return await psycopg.AsyncConnection.connect(dsn, autocommit=True, prepare_threshold=None)
     except psycopg.OperationalError as exc:
         raise MigrationError(f"cannot connect to the {scope} database: {_first_line(exc)}") from exc
 
