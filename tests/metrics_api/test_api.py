@@ -534,6 +534,7 @@ def test_openapi_describes_every_endpoint(api, seeded) -> None:
         "/api/v1/dashboard/overview",
         "/api/v1/dashboard/timeline",
         "/api/v1/dashboard/corrections",
+        "/api/v1/dashboard/lag",
         "/api/v1/services",
         "/api/v1/gateway-token",
     }
