@@ -42,15 +42,11 @@ from bridge_common.channels import Channels
 from bridge_common.events import decode_event
 
 from bench.report import write_section
+from tests.support.infra import with_database
 
 ADMIN_DSN = os.environ.get("BRIDGE_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BRIDGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PAYLOAD = "x" * 200  # a ~300-byte row, like an intent
-
-
-def _with_db(dsn: str, name: str) -> str:
-    base, _, _ = dsn.rpartition("/")
-    return f"{base}/{name}"
 
 
 async def _setup(dsn: str) -> None:
@@ -334,7 +330,7 @@ async def run(args: argparse.Namespace) -> str:
         await admin.execute(f'CREATE DATABASE "{name}"')
         cur = await admin.execute("SHOW track_commit_timestamp")
         commit_ts = (await cur.fetchone() or ("off",))[0]
-    dsn = _with_db(ADMIN_DSN, name)
+    dsn = with_database(ADMIN_DSN, name)
     ch = Channels(name)
     r = aredis.Redis.from_url(REDIS_URL)
     try:

@@ -26,17 +26,12 @@ from bridge_common import migrate
 from websockets.asyncio.client import connect
 
 from bench.report import write_section
-from tests.support.infra import delete_namespace
+from tests.support.infra import delete_namespace, with_database
 from tests.support.processes import ServiceProcess
 
 ADMIN_DSN = os.environ.get("BRIDGE_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BRIDGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TOPIC = "bench_snapshot"
-
-
-def _with_db(dsn: str, name: str) -> str:
-    base, _, _ = dsn.rpartition("/")
-    return f"{base}/{name}"
 
 
 async def _fill(dsn: str, rows: int) -> None:
@@ -125,7 +120,7 @@ async def run(args: argparse.Namespace) -> str:
     name = f"bench_snapshot_{uuid.uuid4().hex[:8]}"
     async with await psycopg.AsyncConnection.connect(ADMIN_DSN, autocommit=True) as admin:
         await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = _with_db(ADMIN_DSN, name)
+    dsn = with_database(ADMIN_DSN, name)
     env = {
         "BRIDGE_SOURCE_DSN": dsn,
         "BRIDGE_SNAPSHOT_DSN": dsn,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from bridge_common.events import ErrorCode, ErrorMessage, Pong, Subscribed, dumps
 
 PONG = dumps(Pong())
@@ -16,14 +18,5 @@ def encode_error(code: str, message: str, topic: str | None = None) -> bytes:
     return dumps(ErrorMessage(code=known, message=message, topic=topic))
 
 
-_CODES = {
-    "bad_request",
-    "forbidden",
-    "unknown_topic",
-    "too_many_subscriptions",
-    "history_lost",
-    "snapshot_unavailable",
-    "snapshot_too_large",
-    "unavailable",
-    "unauthorized",
-}
+#: the wire error codes, as the shared protocol types declare them
+_CODES = frozenset(get_args(ErrorCode))
